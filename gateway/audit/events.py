@@ -1,0 +1,74 @@
+"""What the audit trail records: one frozen :class:`AuditEvent` per thing a person did.
+
+Every event names the person (never a shared account), the mailbox and folder, the session and
+client, and — once message identity is resolved — which message.  Events never carry a secret:
+credentials, mailbox passwords and OTP codes have no field here, and ``detail`` values are
+checked to be plain JSON scalars.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["AuditEvent", "AuditSink", "Action", "Decision", "utc_now"]
+
+
+class Action:
+    """Action names (a closed vocabulary, like Dovecot mail_log's event names)."""
+
+    LOGIN = "login"
+    LOGIN_FAILED = "login_failed"
+    LOGOUT = "logout"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+
+
+class Decision:
+    ALLOW = "allow"
+    DENY = "deny"
+    ERROR = "error"
+
+
+def utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audited action by one person (or one failed attempt by a claimed identity)."""
+
+    when: _dt.datetime
+    session_id: str
+    protocol: str  # "imap" | "smtp" | "admin"
+    action: str
+    decision: str
+    person: str | None = None  # the directory username; for failures, the name that was tried
+    offices: tuple[str, ...] = ()
+    mailbox: str | None = None
+    folder: str | None = None
+    client_ip: str | None = None
+    client_name: str | None = None  # from IMAP ID, e.g. "Thunderbird 128.3"
+    reason: str | None = None  # internal reason class, e.g. "bad_otp"; never shown to clients
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.when.tzinfo is None:
+            raise ValueError("AuditEvent.when must be timezone-aware (UTC)")
+        for key, value in self.detail.items():
+            if not isinstance(value, (str, int, float, bool, type(None), list)):
+                raise TypeError(f"AuditEvent.detail[{key!r}] must be a JSON scalar or list")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["when"] = self.when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+        data["offices"] = list(self.offices)
+        return data
+
+
+class AuditSink(Protocol):
+    """Where events go.  ``emit`` must never block the relay."""
+
+    def emit(self, event: AuditEvent) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,475 @@
+"""The IMAP session: a pure state machine between one client and one provider connection.
+
+Bytes and events go in through methods (``client_data``, ``upstream_data``, ``login_finished``,
+``tls_started``, ``client_closed``, ``upstream_closed``); each returns a list of actions from
+:mod:`gateway.imap_proxy.actions` for the I/O adapter to carry out in order.  Nothing here touches a
+socket, a timer or a thread (DESIGN.md style 1).
+
+States and their invariants (all transitions happen in :meth:`ImapSession._set_state`):
+
+* ``NOT_AUTHENTICATED`` — the gateway answers every command itself; no provider connection.
+  Login is refused until TLS is active unless ``plaintext_login`` was set explicitly.
+* ``AUTHENTICATING`` — a :class:`LoginRequest` is out; client bytes received meanwhile stay in
+  the framer, unparsed, and are handled in order once the result is in.
+* ``AUTHENTICATED`` — the provider session is open; client commands are parsed, checked against
+  the command table and forwarded as their exact bytes; replies come back in order.
+* ``LOGOUT`` — the connection is closing; nothing more is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from gateway.audit.events import Action, AuditEvent, Decision, utc_now
+from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabilities
+from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
+from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
+from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
+from gateway.imap_proxy.relay import InFlightTable, UpstreamPacer
+from gateway.imap_proxy.responses import Kind, classify, parse_status
+from gateway.imap_proxy.syntax import Atom, String
+from gateway.login import Failure, LoginRequest, LoginResult
+from gateway.secret import Secret
+
+__all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
+
+#: Tags of the gateway's own commands toward the provider; never relayed to the client.
+GATEWAY_TAG_PREFIX = "PECGW."
+
+
+class SessionState(Enum):
+    NOT_AUTHENTICATED = "not_authenticated"
+    AUTHENTICATING = "authenticating"
+    AUTHENTICATED = "authenticated"
+    LOGOUT = "logout"
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Per-session limits (see config ``[imap]``)."""
+
+    max_line: int = 65536
+    max_literal: int = 100 * 1024 * 1024
+    preauth_max_literal: int = 8192  # before login nobody needs more than a password
+    max_in_flight: int = 128
+    max_login_failures: int = 3  # per connection, then BYE
+    max_response_literal: int = 512 * 1024 * 1024
+
+
+_SERVER_NAME = b"PEC-Gateway"
+
+
+class ImapSession:
+    """One client connection's protocol state."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        client_ip: str,
+        tls_active: bool,
+        starttls_available: bool,
+        plaintext_login: bool = False,
+        limits: SessionLimits = SessionLimits(),
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable = utc_now,
+        version: str = "0",
+    ) -> None:
+        self.session_id = session_id
+        self.client_ip = client_ip
+        self.tls_active = tls_active
+        self.starttls_available = starttls_available
+        self.plaintext_login = plaintext_login
+        self.limits = limits
+        self._clock = clock
+        self._now = now
+        self._version = version
+        self.state = SessionState.NOT_AUTHENTICATED
+        self.client_framer = Framer(max_line=limits.max_line, max_literal=limits.preauth_max_literal,
+                                    max_message=limits.preauth_max_literal * 2 + limits.max_line)
+        self.upstream_framer = Framer(max_line=limits.max_line, max_literal=limits.max_response_literal,
+                                      announce_literals=False)
+        self._sasl_tag: str | None = None  # AUTHENTICATE waiting for its client response line
+        self._login_tag: str | None = None
+        self._login_failures = 0
+        self.client_name: str | None = None
+        self.person: str | None = None
+        self.offices: tuple[str, ...] = ()
+        self.mailbox: str | None = None
+        self._attempted_user: str | None = None
+        self.inflight = InFlightTable()
+        self._pacer: UpstreamPacer | None = None
+        self._upstream_caps: list[str] = []
+        self._idle_tag: str | None = None
+        self._logout_tag: str | None = None
+        self._started = clock()
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+
+    # ======================================================================= public events
+    def connection_made(self) -> list:
+        caps = " ".join(self._preauth_caps()).encode()
+        return self._count_out([act.SendToClient(b"* OK [CAPABILITY %s] %s ready\r\n" % (caps, _SERVER_NAME))])
+
+    def client_data(self, data: bytes) -> list:
+        """Bytes from the client (``b""`` at end of stream)."""
+        if self.state is SessionState.LOGOUT:
+            return []
+        self.bytes_from_client += len(data)
+        self.client_framer.receive_data(data)
+        return self._count_out(self._pump_client())
+
+    def upstream_data(self, data: bytes) -> list:
+        """Bytes from the provider (``b""`` at end of stream)."""
+        self.upstream_framer.receive_data(data)
+        out: list = []
+        while self.state is not SessionState.LOGOUT:
+            try:
+                event = self.upstream_framer.next_event()
+            except ImapProtocolError as exc:
+                return out + self._upstream_broken(f"provider protocol error: {exc.message}")
+            if event is NEED_DATA:
+                break
+            if isinstance(event, EndOfStream):
+                out += self._upstream_lost()
+                break
+            try:
+                out += self._on_upstream_frame(event)
+            except ImapProtocolError as exc:
+                return out + self._upstream_broken(f"provider protocol error: {exc.message}")
+        return self._count_out(out)
+
+    def tls_started(self) -> list:
+        """The client side is now TLS (after STARTTLS)."""
+        self.tls_active = True
+        return []
+
+    def login_finished(self, result: LoginResult, upstream_capabilities: list[str] | None = None) -> list:
+        """The login service answered the pending LoginRequest."""
+        tag = self._login_tag or "*"
+        self._login_tag = None
+        out: list = []
+        if result.ok:
+            self.person, self.offices, self.mailbox = result.person, result.offices, result.mailbox
+            self._upstream_caps = filter_capabilities(list(upstream_capabilities or ()))
+            upper = {c.upper() for c in upstream_capabilities or ()}
+            self._pacer = UpstreamPacer(literal_plus="LITERAL+" in upper, literal_minus="LITERAL-" in upper)
+            self.client_framer.max_literal = self.limits.max_literal
+            self.client_framer.max_message = self.limits.max_literal + 1024 * 1024
+            self._set_state(SessionState.AUTHENTICATED)
+            caps = " ".join(self._upstream_caps).encode()
+            out.append(act.SendToClient(b"%s OK [CAPABILITY %s] Logged in\r\n" % (tag.encode(), caps)))
+            out.append(self._audit(Action.LOGIN, Decision.ALLOW, reason=result.reason))
+        else:
+            self._login_failures += 1
+            code = (result.failure or Failure.AUTHENTICATION).value
+            text = result.client_text or "Authentication failed"
+            out.append(act.SendToClient(b"%s NO [%s] %s\r\n" % (tag.encode(), code.encode(), text.encode())))
+            action = Action.UPSTREAM_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else Action.LOGIN_FAILED
+            out.append(self._audit(action, Decision.DENY, reason=result.reason, person=result.person
+                                   or self._attempted_user, mailbox=result.mailbox))
+            self._set_state(SessionState.NOT_AUTHENTICATED)
+            if self._login_failures >= self.limits.max_login_failures:
+                return self._count_out(out + self._bye(b"Too many failed logins"))
+        return self._count_out(out + self._pump_client())
+
+    def client_closed(self) -> list:
+        """The client went away (EOF or reset)."""
+        if self.state is SessionState.LOGOUT:
+            return []
+        return self._count_out(self._finish("client closed the connection"))
+
+    def upstream_closed(self) -> list:
+        return self.upstream_data(b"")
+
+    def timed_out(self, what: str) -> list:
+        """A timer of the I/O adapter ran out (``preauth`` or ``idle``)."""
+        text = b"Login timeout" if what == "preauth" else b"Autologout; idle for too long"
+        return self._count_out(self._bye(text, reason=f"{what}_timeout"))
+
+    def shutting_down(self) -> list:
+        """The gateway is stopping: say so and close (RFC 3501 §7.1.5 BYE)."""
+        if self.state is SessionState.LOGOUT:
+            return []
+        return self._count_out(self._bye(b"[UNAVAILABLE] Gateway shutting down", reason="shutdown"))
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the client must not be read (login out, or too many commands in flight)."""
+        return self.state is SessionState.AUTHENTICATING or len(self.inflight) >= self.limits.max_in_flight
+
+    # ======================================================================= client side
+    def _pump_client(self) -> list:
+        out: list = []
+        while self.state not in (SessionState.LOGOUT, SessionState.AUTHENTICATING):
+            if len(self.inflight) >= self.limits.max_in_flight:
+                break
+            try:
+                event = self.client_framer.next_event()
+            except FramingError as exc:
+                return out + self._bye(f"Protocol error: {exc.message}".encode(), reason="client_framing")
+            if event is NEED_DATA:
+                break
+            if isinstance(event, EndOfStream):
+                out += self._finish("client closed the connection")
+                break
+            if isinstance(event, LiteralAnnounced):
+                if event.marker.kind.synchronizing:
+                    out.append(act.SendToClient(b"+ Ready for literal data\r\n"))
+                continue
+            if isinstance(event, LiteralRefused):
+                tag = parse_tag(event.line_so_far) or "*"
+                out += self._reply(None, b"%s NO [TOOBIG] Literal of %d octets exceeds the limit of %d\r\n"
+                                   % (tag.encode(), event.marker.size, event.limit), tag)
+                continue
+            out += self._on_client_frame(event)
+        # a login may have started while frames remain in the framer: they wait there
+        return out
+
+    def _on_client_frame(self, frame: Frame) -> list:
+        if self._sasl_tag is not None:
+            return self._on_sasl_response(frame)
+        if self.state is SessionState.AUTHENTICATED and self._idle_tag is not None:
+            return self._on_idle_line(frame)
+        try:
+            command = parse_command(frame)
+        except CommandSyntaxError as exc:
+            tag = exc.tag or "*"
+            return self._reply(None, b"%s BAD %s\r\n" % (tag.encode(), exc.message.encode()), tag)
+        spec = command.spec
+        if spec is None:
+            return self._reply(command, b"%s BAD Unknown command\r\n" % command.tag.encode())
+        if self.state is SessionState.AUTHENTICATED:
+            return self._relay_command(command, spec.postauth)
+        if spec.preauth is not Handling.GATEWAY:
+            return self._reply(command, b"%s BAD Log in first\r\n" % command.tag.encode())
+        return getattr(self, f"_pre_{command.name.lower()}")(command)
+
+    # -- not authenticated: the gateway's own verbs ------------------------------------------
+    def _pre_capability(self, cmd: Command) -> list:
+        caps = " ".join(self._preauth_caps()).encode()
+        return [act.SendToClient(b"* CAPABILITY %s\r\n%s OK CAPABILITY completed\r\n" % (caps, cmd.tag.encode()))]
+
+    def _pre_noop(self, cmd: Command) -> list:
+        return [act.SendToClient(b"%s OK NOOP completed\r\n" % cmd.tag.encode())]
+
+    def _pre_logout(self, cmd: Command) -> list:
+        out = [act.SendToClient(b"* BYE Logging out\r\n%s OK LOGOUT completed\r\n" % cmd.tag.encode())]
+        return out + self._finish("logout", send_bye=False)
+
+    def _pre_id(self, cmd: Command) -> list:
+        self._record_client_id(cmd)
+        reply = b'* ID ("name" "%s" "version" "%s")\r\n%s OK ID completed\r\n' % (
+            _SERVER_NAME, self._version.encode(), cmd.tag.encode())
+        return [act.SendToClient(reply)]
+
+    def _pre_starttls(self, cmd: Command) -> list:
+        if self.tls_active or not self.starttls_available:
+            return [act.SendToClient(b"%s BAD TLS is already active\r\n" % cmd.tag.encode())]
+        leftover = self.client_framer.clear()
+        # RFC 2595 §3.1: nothing sent in clear after STARTTLS may be acted upon over TLS.
+        return [act.SendToClient(b"%s OK Begin TLS negotiation now\r\n" % cmd.tag.encode()),
+                act.StartTls(discarded=len(leftover))]
+
+    def _login_allowed(self, cmd: Command) -> list | None:
+        if self.tls_active or self.plaintext_login:
+            return None
+        return [act.SendToClient(b"%s NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n" % cmd.tag.encode())]
+
+    def _pre_login(self, cmd: Command) -> list:
+        refused = self._login_allowed(cmd)
+        if refused:
+            return refused
+        if len(cmd.args) != 2 or not all(isinstance(a, (Atom, String)) for a in cmd.args):
+            return [act.SendToClient(b"%s BAD LOGIN needs a user name and a password\r\n" % cmd.tag.encode())]
+        user, password = (bytes(a) if isinstance(a, String) else a.encode("latin-1") for a in cmd.args)
+        return self._start_login(cmd.tag, user, password, None)
+
+    def _pre_authenticate(self, cmd: Command) -> list:
+        refused = self._login_allowed(cmd)
+        if refused:
+            return refused
+        if not cmd.args or not isinstance(cmd.args[0], Atom) or len(cmd.args) > 2:
+            return [act.SendToClient(b"%s BAD AUTHENTICATE needs a mechanism\r\n" % cmd.tag.encode())]
+        if cmd.args[0].upper() != "PLAIN":
+            return [act.SendToClient(b"%s NO [CANNOT] Only the PLAIN mechanism is offered\r\n" % cmd.tag.encode())]
+        if len(cmd.args) == 2:  # SASL-IR, RFC 4959: "=" is an empty initial response
+            initial = cmd.args[1]
+            return self._sasl_plain(cmd.tag, b"" if initial == "=" else str(initial).encode("latin-1"))
+        self._sasl_tag = cmd.tag
+        return [act.SendToClient(b"+ \r\n")]
+
+    def _on_sasl_response(self, frame: Frame) -> list:
+        tag, self._sasl_tag = self._sasl_tag, None
+        line = frame.first_line.strip()
+        if line == b"*":  # RFC 3501 §6.2.2: the client cancels
+            return [act.SendToClient(b"%s BAD Authentication cancelled\r\n" % tag.encode())]
+        return self._sasl_plain(tag, line)
+
+    def _sasl_plain(self, tag: str, b64: bytes) -> list:
+        try:
+            decoded = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            return [act.SendToClient(b"%s BAD Invalid base64 in AUTHENTICATE\r\n" % tag.encode())]
+        parts = decoded.split(b"\0")
+        if len(parts) != 3:  # RFC 4616: [authzid] NUL authcid NUL passwd
+            return [act.SendToClient(b"%s BAD Malformed PLAIN response\r\n" % tag.encode())]
+        authzid, authcid, password = parts
+        hint = authzid if authzid and authzid != authcid else None
+        return self._start_login(tag, authcid, password, hint)
+
+    def _start_login(self, tag: str, user: bytes, password: bytes, hint: bytes | None) -> list:
+        try:
+            login = user.decode("utf-8")
+            credential = Secret(password.decode("utf-8"))
+            mailbox_hint = hint.decode("utf-8") if hint else None
+        except UnicodeDecodeError:
+            return [act.SendToClient(b"%s NO [AUTHENTICATIONFAILED] Authentication failed\r\n" % tag.encode())]
+        self._login_tag = tag
+        self._attempted_user = login.partition("#")[0][:128]
+        self._set_state(SessionState.AUTHENTICATING)
+        return [act.Login(LoginRequest(login, credential, self.client_ip, "imap", mailbox_hint))]
+
+    # -- authenticated: the relay ------------------------------------------------------------
+    def _relay_command(self, cmd: Command, handling: Handling) -> list:
+        if handling is not Handling.RELAY:
+            if cmd.name in ("LOGIN", "AUTHENTICATE", "STARTTLS"):
+                return self._reply(cmd, b"%s BAD Already logged in\r\n" % cmd.tag.encode())
+            return self._reply(cmd, b"%s NO [CANNOT] %s is not available through the gateway\r\n"
+                               % (cmd.tag.encode(), cmd.display_name.encode()))
+        if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
+            return self._reply(cmd, b"%s BAD Tag prefix reserved by the gateway\r\n" % cmd.tag.encode())
+        if cmd.name == "ID":
+            self._record_client_id(cmd)
+        elif cmd.name == "IDLE":
+            self._idle_tag = cmd.tag
+        elif cmd.name == "LOGOUT":
+            self._logout_tag = cmd.tag
+        self.inflight.add_relayed(cmd)
+        assert self._pacer is not None
+        return [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, cmd.frame)]
+
+    def _on_idle_line(self, frame: Frame) -> list:
+        """RFC 2177: while idling the client sends only ``DONE``; forward it as it came."""
+        if frame.first_line.strip().upper() != b"DONE":
+            return self._bye(b"Expected DONE to end IDLE", reason="client_idle_protocol")
+        return [act.SendToUpstream(frame.raw)]
+
+    def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
+        """Answer a command from the gateway, in order with replies still due from the provider."""
+        now = self.inflight.add_local(cmd.tag if cmd else tag, reply, cmd)
+        return [act.SendToClient(now)] if now else []
+
+    # ======================================================================= provider side
+    def _on_upstream_frame(self, frame: Frame) -> list:
+        head = classify(frame)
+        if head.kind is Kind.CONTINUATION:
+            if self._pacer is not None and self._pacer.waiting_tag is not None:
+                return [act.SendToUpstream(c) for c in self._pacer.continuation()]
+            return [act.SendToClient(frame.raw)]
+        if head.kind is Kind.UNTAGGED:
+            if head.name == "CAPABILITY":
+                caps = frame.first_line.decode("latin-1").split()[2:]
+                return [act.SendToClient(b"* CAPABILITY %s\r\n" % " ".join(filter_capabilities(caps)).encode())]
+            if head.name in ("OK", "NO", "BAD", "BYE", "PREAUTH"):
+                return [act.SendToClient(self._rewrite_capability_code(frame))]
+            return [act.SendToClient(frame.raw)]
+        return self._on_tagged(head.tag or "", frame)
+
+    def _on_tagged(self, tag: str, frame: Frame) -> list:
+        out: list = []
+        if tag.startswith(GATEWAY_TAG_PREFIX):
+            return out  # the gateway's own commands: consumed here (identity resolution, later)
+        if self._pacer is not None and self._pacer.waiting_tag == tag:
+            out += [act.SendToUpstream(c) for c in self._pacer.refused(tag)]
+        data = self._rewrite_capability_code(frame)
+        entry, released = self.inflight.complete(tag)
+        out.append(act.SendToClient(data + released if released else data))
+        if tag == self._idle_tag:
+            self._idle_tag = None
+        if tag == self._logout_tag and entry is not None:
+            return out + self._finish("logout", send_bye=False)
+        return out + self._pump_client()
+
+    def _rewrite_capability_code(self, frame: Frame) -> bytes:
+        """A status response with the provider's list filtered in a ``[CAPABILITY …]`` code."""
+        if b"[CAPABILITY " not in frame.lines[0][:64].upper():
+            return frame.raw
+        status = parse_status(frame)
+        if status.code != "CAPABILITY":
+            return frame.raw
+        caps = " ".join(filter_capabilities(status.code_data.split()))
+        tag = status.tag or "*"
+        return f"{tag} {status.status} [CAPABILITY {caps}] {status.text}\r\n".encode("utf-8")
+
+    def _upstream_lost(self) -> list:
+        if self.state is SessionState.LOGOUT:
+            return []
+        if self._logout_tag is not None:
+            return self._finish("logout", send_bye=False)
+        return self._bye(b"[UNAVAILABLE] Connection to the PEC provider was lost", reason="upstream_closed")
+
+    def _upstream_broken(self, why: str) -> list:
+        return self._bye(b"[UNAVAILABLE] The PEC provider sent something the gateway cannot relay",
+                         reason="upstream_protocol", log=why)
+
+    # ======================================================================= helpers
+    def _preauth_caps(self) -> list[str]:
+        return preauth_capabilities(tls_active=self.tls_active, starttls_available=self.starttls_available,
+                                    plaintext_allowed=self.plaintext_login)
+
+    def _record_client_id(self, cmd: Command) -> None:
+        """Remember the client's name and version from ID (RFC 2971), sanitised for the audit trail."""
+        if not cmd.args or not isinstance(cmd.args[0], list):
+            return
+        fields = cmd.args[0]
+        values = {}
+        for key, value in zip(fields[::2], fields[1::2]):
+            if isinstance(key, (String, Atom)) and isinstance(value, String):
+                k = (bytes(key) if isinstance(key, String) else key.encode()).decode("utf-8", "replace").lower()
+                values[k] = bytes(value).decode("utf-8", "replace")
+        name = " ".join(v for v in (values.get("name"), values.get("version")) if v)
+        if name:
+            self.client_name = "".join(ch for ch in name if ch.isprintable())[:100]
+
+    def _set_state(self, state: SessionState) -> None:
+        if state is SessionState.AUTHENTICATED:
+            assert self.state is SessionState.AUTHENTICATING, "login result without a login"
+        self.state = state
+
+    def _audit(self, action: str, decision: str, *, reason: str | None = None, person: str | None = None,
+               mailbox: str | None = None, detail: dict | None = None) -> act.Audit:
+        return act.Audit(AuditEvent(
+            when=self._now(), session_id=self.session_id, protocol="imap", action=action, decision=decision,
+            person=person or self.person, offices=self.offices, mailbox=mailbox or self.mailbox,
+            client_ip=self.client_ip, client_name=self.client_name, reason=reason, detail=detail or {}))
+
+    def _bye(self, text: bytes, *, reason: str = "", log: str | None = None) -> list:
+        out: list = [act.SendToClient(b"* BYE %s\r\n" % text)]
+        if log:
+            out.append(act.Log(log))
+        return out + self._finish(reason or "bye", send_bye=False)
+
+    def _finish(self, reason: str, *, send_bye: bool = False) -> list:
+        """Enter LOGOUT: audit the logout of an authenticated person and close both sides."""
+        out: list = []
+        was_authenticated = self.state is SessionState.AUTHENTICATED
+        self.state = SessionState.LOGOUT
+        if was_authenticated:
+            out.append(self._audit(Action.LOGOUT, Decision.ALLOW, reason=reason, detail={
+                "duration_s": round(self._clock() - self._started, 3),
+                "bytes_in": self.bytes_from_client, "bytes_out": self.bytes_to_client}))
+        out.append(act.Close(reason))
+        return out
+
+    def _count_out(self, actions: list) -> list:
+        for a in actions:
+            if isinstance(a, act.SendToClient):
+                self.bytes_to_client += len(a.data)
+        return actions
