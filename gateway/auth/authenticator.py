@@ -1,0 +1,137 @@
+"""Login decisions: directory password plus TOTP code, or a trusted saved credential.
+
+The client sends one credential: the person's directory password immediately followed by the
+current ``digits``-digit code (``s3cret!123456``), because IMAP LOGIN and SMTP AUTH have a single
+password field.  The steps:
+
+1. split off the code (the last ``digits`` characters must be ASCII digits, the password must be
+   non-empty), else ``malformed``;
+2. **always** ask the directory for the password (service search, then bind as the person), even
+   inside a trust window -- so a password change or a disabled account takes effect at once, and
+   so an unknown user, a wrong password and a wrong code all cost one directory round trip;
+3. if the whole credential is inside a trust window, the OTP step is satisfied (``trusted``);
+4. otherwise verify the code, replay-protected (``ok`` / ``bad_otp`` / ``otp_replay`` /
+   ``no_otp_enrolled``); on ``ok`` open a trust window for this credential.
+
+The password is checked *before* the code so that a mistyped password does not burn the person's
+current code (the replay guard would refuse it on the retry).  OTP and trust use the username
+returned by the directory (canonical spelling), not the one typed.
+
+Every failure waits ``failure_delay_s`` before returning, the same for every reason, and the
+reason (:attr:`AuthOutcome.reason`) is for logs and metrics only: clients get one generic answer.
+Directory and OTP checks block (LDAP, scrypt, vault file) and run in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from gateway.auth.directory import Directory, DirectoryUnavailable, Person
+from gateway.auth.otp import OtpResult, OtpVerifier
+from gateway.auth.trust import TrustWindow
+from gateway.secret import Secret
+
+__all__ = ["Authenticator", "AuthOutcome", "REASONS", "split_credential"]
+
+log = logging.getLogger(__name__)
+
+REASONS = frozenset(
+    {
+        "ok",
+        "trusted",
+        "bad_password",
+        "bad_otp",
+        "otp_replay",
+        "no_otp_enrolled",
+        "malformed",
+        "directory_unavailable",
+    }
+)
+MAX_USERNAME = 256
+MAX_CREDENTIAL = 1024
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    """The result of one login: the person on success, and an internal reason class."""
+
+    person: Person | None
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the login succeeded."""
+        return self.person is not None
+
+
+def split_credential(credential: Secret, digits: int) -> tuple[Secret, str] | None:
+    """Split ``password + code``; None when the code part is not ``digits`` ASCII digits."""
+    value = credential.reveal()
+    password, code = value[:-digits], value[-digits:]
+    if not password or len(code) != digits or not all("0" <= c <= "9" for c in code):
+        return None
+    return Secret(password), code
+
+
+class Authenticator:
+    """Decides logins from a :class:`Directory`, an :class:`OtpVerifier` and a :class:`TrustWindow`."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        otp: OtpVerifier,
+        trust: TrustWindow,
+        failure_delay_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.otp = otp
+        self.trust = trust
+        self.failure_delay_s = failure_delay_s
+        self.clock = clock
+
+    async def authenticate(self, username: str, credential: Secret) -> AuthOutcome:
+        """Check ``credential`` (password followed by the OTP code) for ``username``."""
+        outcome = await self._decide(username, credential)
+        if outcome.person is None:
+            log.info("login refused for %r: %s", username, outcome.reason)
+            await asyncio.sleep(self.failure_delay_s)
+        else:
+            log.info("login accepted for %r: %s", outcome.person.username, outcome.reason)
+        return outcome
+
+    async def _decide(self, username: str, credential: Secret) -> AuthOutcome:
+        now = self.clock()
+        if (
+            not isinstance(credential, Secret)
+            or not isinstance(username, str)
+            or not username
+            or len(username) > MAX_USERNAME
+            or not username.isprintable()
+            or len(credential) > MAX_CREDENTIAL
+        ):
+            return AuthOutcome(None, "malformed")
+        parts = split_credential(credential, self.otp.digits)
+        if parts is None:
+            return AuthOutcome(None, "malformed")
+        password, code = parts
+
+        try:
+            person = await asyncio.to_thread(self.directory.authenticate, username, password)
+        except DirectoryUnavailable as exc:
+            log.warning("directory unavailable during login of %r: %s", username, exc)
+            return AuthOutcome(None, "directory_unavailable")
+        if person is None:
+            return AuthOutcome(None, "bad_password")
+
+        if self.trust.is_trusted(person.username, credential, now):
+            return AuthOutcome(person, "trusted")
+        result = await asyncio.to_thread(self.otp.check, person.username, code, now)
+        if result is not OtpResult.OK:
+            return AuthOutcome(None, result.value)
+        self.trust.remember(person.username, credential, now)
+        return AuthOutcome(person, "ok")
