@@ -1,0 +1,367 @@
+"""Configuration: one TOML file → frozen dataclasses; every error names the file and the key.
+
+A gateway that starts with a typo in its config is worse than one that refuses to start, so
+unknown keys are errors too.  Relative paths are resolved against the config file's folder.
+No secret is ever read from this file: passwords live in the vault (``pecgw vault set``), and the
+config only names the vault entries.  See ``config/gateway.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.imap_proxy.session import SessionLimits
+
+__all__ = [
+    "ConfigError",
+    "ListenerConfig",
+    "ImapConfig",
+    "UpstreamConfig",
+    "MailboxConfig",
+    "OfficeConfig",
+    "LdapConfig",
+    "AuthConfig",
+    "VaultConfig",
+    "AuditConfig",
+    "GatewayConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as ``<file>: <key>: <what is wrong>``."""
+
+    def __init__(self, source: Path | str, key: str, message: str) -> None:
+        self.source, self.key = str(source), key
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str
+    port: int
+    tls: str  # "implicit" (imaps, 993) or "starttls" (imap, 143)
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    listeners: tuple[ListenerConfig, ...]
+    cert_file: Path | None
+    key_file: Path | None
+    tls_min_version: str = "TLSv1.2"
+    plaintext_login: bool = False  # insecure; for tests on loopback only
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    preauth_timeout_s: float = 60.0
+    idle_timeout_s: float = 1860.0  # RFC 3501 §5.4: autologout timer at least 30 minutes
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    host: str
+    port: int
+    tls: str  # "implicit" or "starttls"
+    username: str
+    ca_file: Path | None = None  # None: the system trust store
+    server_name: str | None = None  # TLS name to verify; defaults to host
+    connect_timeout_s: float = 10.0
+    login_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    name: str
+    address: str
+    offices: tuple[str, ...]
+    imap: UpstreamConfig
+    password_vault_key: str
+
+
+@dataclass(frozen=True)
+class OfficeConfig:
+    name: str
+    groups: tuple[str, ...] = ()  # directory group names (LDAP cn, or static-file groups)
+    members: tuple[str, ...] = ()  # usernames listed directly
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    url: str
+    bind_dn: str
+    bind_password_vault_key: str
+    user_base: str
+    group_base: str
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={username}))"
+    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
+    group_name_attribute: str = "cn"
+    display_name_attribute: str = "cn"
+    disabled_filter: str = "(pwdAccountLockedTime=*)"
+    ca_file: Path | None = None
+    start_tls: bool = False
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    backend: str  # "ldap" or "static"
+    ldap: LdapConfig | None
+    users_file: Path | None
+    otp_issuer: str = "PEC Gateway"
+    otp_digits: int = 6
+    trust_window_s: float = 12 * 3600.0
+    failure_delay_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    path: Path
+    key_file: Path | None
+    key_env: str = "PECGW_VAULT_KEY"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    jsonl_path: Path
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: Path
+    imap: ImapConfig
+    auth: AuthConfig
+    vault: VaultConfig
+    audit: AuditConfig
+    offices: dict[str, OfficeConfig]
+    mailboxes: dict[str, MailboxConfig]
+    log_level: str = "INFO"
+    demo: bool = False  # demo installs only: allows 'pecgw otp code'
+
+
+# ------------------------------------------------------------------------------------------
+class _Table:
+    """A TOML table with typed, key-naming accessors; unknown keys are reported by ``done``."""
+
+    def __init__(self, data: Any, source: Path, prefix: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(source, prefix, "must be a table")
+        self.data, self.source, self.prefix, self._used = data, source, prefix, set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), message)
+
+    def _get(self, name: str, default: Any, kinds: tuple, what: str) -> Any:
+        self._used.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise self.error(name, "missing (required)")
+            return default
+        value = self.data[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise self.error(name, f"must be {what}, not {type(value).__name__}")
+        return value
+
+    def str(self, name: str, default: Any = None, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(name, default, (str,), "a string")
+        if choices and value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        if isinstance(value, str) and not value and default is _REQUIRED:
+            raise self.error(name, "must not be empty")
+        return value
+
+    def int(self, name: str, default: Any = None, *, minimum: int = 0, maximum: int = 2**62) -> Any:
+        value = self._get(name, default, (int,), "an integer")
+        if value is not None and not minimum <= value <= maximum:
+            raise self.error(name, f"must be between {minimum} and {maximum}, not {value}")
+        return value
+
+    def float(self, name: str, default: Any = None, *, minimum: float = 0.0) -> Any:
+        value = self._get(name, default, (int, float), "a number")
+        if value is not None and value < minimum:
+            raise self.error(name, f"must be at least {minimum}, not {value}")
+        return float(value) if value is not None else None
+
+    def bool(self, name: str, default: Any = None) -> Any:
+        return self._get(name, default, (bool,), "true or false")
+
+    def strings(self, name: str, default: Any = ()) -> tuple[str, ...]:
+        value = self._get(name, list(default), (list,), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(name, "must be a list of strings")
+        return tuple(value)
+
+    def path(self, name: str, default: Any = None) -> Any:
+        value = self.str(name, default)
+        if value is None or isinstance(value, Path):
+            return value
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.source.parent / p)
+
+    def table(self, name: str, required: bool = False) -> "_Table | None":
+        self._used.add(name)
+        if name not in self.data:
+            if required:
+                raise self.error(name, "missing (required table)")
+            return None
+        return _Table(self.data[name], self.source, self.key(name))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self._used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (check the spelling against config/gateway.example.toml)")
+
+
+_REQUIRED = object()
+
+
+def _listener(text: str, t: _Table, name: str, tls: str) -> ListenerConfig:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise t.error(name, f"{text!r} is not host:port")
+    return ListenerConfig(host.strip("[]") or "0.0.0.0", int(port), tls)
+
+
+def _imap(t: _Table) -> ImapConfig:
+    listeners = [_listener(x, t, "listen_tls", "implicit") for x in t.strings("listen_tls")]
+    listeners += [_listener(x, t, "listen_starttls", "starttls") for x in t.strings("listen_starttls")]
+    if not listeners:
+        raise t.error("listen_tls", "no listener configured (set listen_tls and/or listen_starttls)")
+    defaults = SessionLimits()
+    limits = SessionLimits(
+        max_line=t.int("max_line_length", defaults.max_line, minimum=1024),
+        max_literal=t.int("max_literal_size", defaults.max_literal, minimum=1024),
+        max_in_flight=t.int("max_in_flight", defaults.max_in_flight, minimum=1, maximum=10000),
+        max_login_failures=t.int("max_login_failures", defaults.max_login_failures, minimum=1),
+    )
+    cfg = ImapConfig(
+        listeners=tuple(listeners),
+        cert_file=t.path("cert_file"),
+        key_file=t.path("key_file"),
+        tls_min_version=t.str("tls_min_version", "TLSv1.2", choices=("TLSv1.2", "TLSv1.3")),
+        plaintext_login=t.bool("insecure_plaintext_login", False),
+        limits=limits,
+        preauth_timeout_s=t.float("preauth_timeout", 60.0, minimum=1.0),
+        idle_timeout_s=t.float("idle_timeout", 1860.0, minimum=1.0),
+    )
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        raise t.error("cert_file", "cert_file and key_file go together")
+    if cfg.cert_file is None and not cfg.plaintext_login:
+        raise t.error("cert_file", "required: the gateway serves IMAP over TLS only")
+    t.done()
+    return cfg
+
+
+def _upstream(t: _Table) -> UpstreamConfig:
+    cfg = UpstreamConfig(
+        host=t.str("host", _REQUIRED),
+        port=t.int("port", 993, minimum=1, maximum=65535),
+        tls=t.str("tls", "implicit", choices=("implicit", "starttls")),
+        username=t.str("username", _REQUIRED),
+        ca_file=t.path("ca_file"),
+        server_name=t.str("server_name"),
+        connect_timeout_s=t.float("connect_timeout", 10.0, minimum=0.1),
+        login_timeout_s=t.float("login_timeout", 20.0, minimum=0.1),
+    )
+    t.done()
+    return cfg
+
+
+def _ldap(t: _Table) -> LdapConfig:
+    d = LdapConfig("", "", "", "", "")
+    cfg = LdapConfig(
+        url=t.str("url", _REQUIRED),
+        bind_dn=t.str("bind_dn", _REQUIRED),
+        bind_password_vault_key=t.str("bind_password_vault_key", "ldap/bind"),
+        user_base=t.str("user_base", _REQUIRED),
+        group_base=t.str("group_base", _REQUIRED),
+        user_filter=t.str("user_filter", d.user_filter),
+        group_filter=t.str("group_filter", d.group_filter),
+        group_name_attribute=t.str("group_name_attribute", d.group_name_attribute),
+        display_name_attribute=t.str("display_name_attribute", d.display_name_attribute),
+        disabled_filter=t.str("disabled_filter", d.disabled_filter),
+        ca_file=t.path("ca_file"),
+        start_tls=t.bool("start_tls", False),
+        timeout_s=t.float("timeout", 5.0, minimum=0.1),
+    )
+    if "{username}" not in cfg.user_filter:
+        raise t.error("user_filter", "must contain {username}")
+    t.done()
+    return cfg
+
+
+def _auth(t: _Table) -> AuthConfig:
+    backend = t.str("backend", _REQUIRED, choices=("ldap", "static"))
+    ldap_t = t.table("ldap", required=backend == "ldap")
+    cfg = AuthConfig(
+        backend=backend,
+        ldap=_ldap(ldap_t) if ldap_t is not None else None,
+        users_file=t.path("users_file"),
+        otp_issuer=t.str("otp_issuer", "PEC Gateway"),
+        otp_digits=t.int("otp_digits", 6, minimum=6, maximum=8),
+        trust_window_s=t.float("trust_window", 12 * 3600.0),
+        failure_delay_s=t.float("failure_delay", 1.0),
+    )
+    if backend == "static" and cfg.users_file is None:
+        raise t.error("users_file", "required when backend = \"static\"")
+    t.done()
+    return cfg
+
+
+def parse_config(data: dict, source: Path) -> GatewayConfig:
+    """Build a :class:`GatewayConfig` from parsed TOML; raises :class:`ConfigError`."""
+    root = _Table(data, source, "")
+    imap = _imap(root.table("imap", required=True))
+    auth = _auth(root.table("auth", required=True))
+    vt = root.table("vault", required=True)
+    vault = VaultConfig(path=vt.path("path", _REQUIRED), key_file=vt.path("key_file"),
+                        key_env=vt.str("key_env", "PECGW_VAULT_KEY"))
+    vt.done()
+    at = root.table("audit", required=True)
+    audit = AuditConfig(jsonl_path=at.path("jsonl_path", _REQUIRED))
+    at.done()
+    offices: dict[str, OfficeConfig] = {}
+    ot = root.table("offices", required=True)
+    for name in ot.data:
+        o = ot.table(name)
+        offices[name] = OfficeConfig(name, groups=o.strings("groups"), members=o.strings("members"))
+        o.done()
+    mailboxes: dict[str, MailboxConfig] = {}
+    mt = root.table("mailboxes", required=True)
+    for name in mt.data:
+        if "#" in name:
+            raise mt.error(name, "a mailbox name must not contain '#'")
+        m = mt.table(name)
+        office_names = m.strings("offices")
+        for office in office_names:
+            if office not in offices:
+                raise m.error("offices", f"unknown office {office!r} (define [offices.{office}])")
+        mailboxes[name] = MailboxConfig(
+            name=name, address=m.str("address", _REQUIRED), offices=office_names,
+            imap=_upstream(m.table("imap", required=True)),
+            password_vault_key=m.str("password_vault_key", f"mailbox/{name}"))
+        m.done()
+    if not mailboxes:
+        raise mt.error("", "at least one mailbox is required")
+    log_level = root.str("log_level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    demo = root.bool("demo", False)
+    root.done()
+    return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
+                         offices=offices, mailboxes=mailboxes, log_level=log_level, demo=demo)
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return parse_config(data, path.resolve())

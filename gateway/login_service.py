@@ -1,0 +1,47 @@
+"""The login service: person (directory + OTP), offices, mailbox — one answer per request.
+
+Shared by the IMAP and SMTP fronts.  Opening the provider session is the front's business (it is
+protocol-specific); this service answers *who* is logging in and *which mailbox* they get.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.access import choose_mailbox, offices_of
+from gateway.config import MailboxConfig, OfficeConfig
+from gateway.login import Failure, LoginRequest, LoginResult
+
+__all__ = ["LoginService", "AUTH_FAILED_TEXT"]
+
+log = logging.getLogger(__name__)
+
+#: The one text every credential failure gets, whatever the cause (no user enumeration).
+AUTH_FAILED_TEXT = "Authentication failed"
+
+
+class LoginService:
+    """Authenticates a :class:`LoginRequest` and picks the mailbox it opens."""
+
+    def __init__(self, authenticator, offices: dict[str, OfficeConfig], mailboxes: dict[str, MailboxConfig]) -> None:
+        self.authenticator = authenticator
+        self.offices = offices
+        self.mailboxes = mailboxes
+
+    async def login(self, request: LoginRequest) -> LoginResult:
+        outcome = await self.authenticator.authenticate(request.username, request.credential)
+        person = outcome.person
+        if person is None:
+            if outcome.reason == "directory_unavailable":
+                return LoginResult(False, person=request.username, failure=Failure.UNAVAILABLE,
+                                   client_text="The directory is unavailable; try again later",
+                                   reason=outcome.reason)
+            return LoginResult(False, person=request.username, failure=Failure.AUTHENTICATION,
+                               client_text=AUTH_FAILED_TEXT, reason=outcome.reason)
+        offices = offices_of(person, self.offices)
+        choice = choose_mailbox(offices, request.mailbox, self.mailboxes)
+        if choice.mailbox is None:
+            return LoginResult(False, person=person.username, offices=offices, mailbox=request.mailbox,
+                               failure=Failure.AUTHORIZATION, client_text=choice.error, reason="no_mailbox")
+        return LoginResult(True, person=person.username, offices=offices, mailbox=choice.mailbox.name,
+                           reason=outcome.reason)

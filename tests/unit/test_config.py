@@ -1,0 +1,76 @@
+"""Config loading: the example parses; every error names the file and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
+
+
+def minimal(**over) -> dict:
+    data = {
+        "imap": {"listen_tls": ["127.0.0.1:993"], "cert_file": "c.pem", "key_file": "k.pem"},
+        "auth": {"backend": "static", "users_file": "users.toml"},
+        "vault": {"path": "vault.json", "key_file": "vault.key"},
+        "audit": {"jsonl_path": "audit.jsonl"},
+        "offices": {"legale": {"groups": ["legale"]}},
+        "mailboxes": {"protocollo": {"address": "p@pec.example.it", "offices": ["legale"],
+                                     "imap": {"host": "imap.example.it", "username": "p@pec.example.it"}}},
+    }
+    for dotted, value in over.items():
+        *path, last = dotted.split("__")
+        node = data
+        for p in path:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return data
+
+
+def test_example_config_parses():
+    cfg = load_config(EXAMPLE)
+    assert cfg.mailboxes["protocollo"].imap.host == "imaps.pec.aruba.it"
+    assert cfg.auth.trust_window_s == 43200 and cfg.imap.limits.max_literal == 104857600
+    assert {listener.tls for listener in cfg.imap.listeners} == {"implicit", "starttls"}
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path):
+    cfg = parse_config(minimal(), tmp_path / "gw.toml")
+    assert cfg.vault.path == tmp_path / "vault.json" and cfg.imap.cert_file == tmp_path / "c.pem"
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"imap__max_line_length": "big"}, "imap.max_line_length"),
+    ({"imap__max_line_length": 10}, "imap.max_line_length"),
+    ({"imap__listen_tls": ["nohost"]}, "imap.listen_tls"),
+    ({"imap__cert_file": None}, "imap.cert_file"),
+    ({"imap__typo_key": 1}, "imap.typo_key"),
+    ({"auth__backend": "kerberos"}, "auth.backend"),
+    ({"auth__users_file": None}, "auth.users_file"),
+    ({"vault__path": None}, "vault.path"),
+    ({"mailboxes__protocollo__offices": ["nowhere"]}, "mailboxes.protocollo.offices"),
+    ({"mailboxes__protocollo__imap__tls": "none"}, "mailboxes.protocollo.imap.tls"),
+    ({"mailboxes__protocollo__imap__port": 0}, "mailboxes.protocollo.imap.port"),
+    ({"mailboxes__protocollo__imap__username": None}, "mailboxes.protocollo.imap.username"),
+])
+def test_errors_name_the_key(tmp_path, override, key):
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(**override), tmp_path / "gw.toml")
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{tmp_path / 'gw.toml'}: {key}: ")
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[imap\nlisten_tls = 1\n")
+    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
