@@ -221,7 +221,7 @@ _REQUIRED = object()
 
 def _listener(text: str, t: _Table, name: str, tls: str) -> ListenerConfig:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise t.error(name, f"{text!r} is not host:port")
     return ListenerConfig(host.strip("[]") or "0.0.0.0", int(port), tls)
 

@@ -1,0 +1,109 @@
+"""Assembling a running gateway from a :class:`~gateway.config.GatewayConfig`.
+
+Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
+service password from the vault) → OTP and trust windows → authenticator → login service →
+audit sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
+sink, so a clean stop loses no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import metadata
+
+from gateway.audit.jsonl import JsonLinesSink
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.otp import OtpVerifier
+from gateway.auth.trust import TrustWindow
+from gateway.config import ConfigError, GatewayConfig
+from gateway.imap_proxy.server import ImapFront, Services
+from gateway.login_service import LoginService
+from gateway.vault import Vault, VaultError, otp_key
+
+__all__ = ["Gateway", "build_directory", "open_vault", "version"]
+
+log = logging.getLogger("pecgw")
+
+
+def version() -> str:
+    try:
+        return metadata.version("pec-gateway")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def open_vault(config: GatewayConfig) -> Vault:
+    try:
+        return Vault.open(config.vault.path, config.vault.key_file, config.vault.key_env)
+    except VaultError as exc:
+        raise ConfigError(config.source, "vault", str(exc)) from None
+
+
+def build_directory(config: GatewayConfig, vault: Vault):
+    """The configured directory backend."""
+    auth = config.auth
+    if auth.backend == "static":
+        from gateway.auth.static_directory import StaticDirectory
+
+        return StaticDirectory(auth.users_file)
+    from gateway.auth.ldap_directory import LdapDirectory, LdapSettings
+
+    ldap = auth.ldap
+    assert ldap is not None
+    password = vault.get(ldap.bind_password_vault_key)
+    if password is None:
+        raise ConfigError(config.source, "auth.ldap.bind_password_vault_key",
+                          f"no vault entry {ldap.bind_password_vault_key!r}; "
+                          f"set it with 'pecgw vault set --entry {ldap.bind_password_vault_key}'")
+    try:
+        settings = LdapSettings(
+            url=ldap.url, bind_dn=ldap.bind_dn, bind_password=password, user_base=ldap.user_base,
+            group_base=ldap.group_base, user_filter=ldap.user_filter, group_filter=ldap.group_filter,
+            group_name_attribute=ldap.group_name_attribute, display_name_attribute=ldap.display_name_attribute,
+            disabled_filter=ldap.disabled_filter, ca_file=ldap.ca_file, start_tls=ldap.start_tls,
+            timeout=ldap.timeout_s)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(config.source, "auth.ldap", str(exc)) from None
+    return LdapDirectory(settings)
+
+
+class Gateway:
+    """A configured gateway: call :meth:`start`, then :meth:`serve_forever` or :meth:`stop`."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.vault = open_vault(config)
+        directory = build_directory(config, self.vault)
+        otp = OtpVerifier(lambda user: self.vault.get(otp_key(user)), digits=config.auth.otp_digits)
+        self.trust = TrustWindow(config.auth.trust_window_s)
+        self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s)
+        self.login_service = LoginService(self.authenticator, config.offices, config.mailboxes)
+        self.audit = JsonLinesSink(config.audit.jsonl_path)
+        self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
+                                 audit=self.audit, version=version())
+        self.imap = ImapFront(self.services)
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        self.audit.start()
+        await self.imap.start()
+
+    async def stop(self) -> None:
+        await self.imap.stop()
+        await self.audit.close()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await stop.wait()
+        log.info("stopping")
+        await self.stop()

@@ -1,0 +1,264 @@
+"""The IMAP front's I/O adapter: listeners, TLS, timers, and one driver per client connection.
+
+This is the only IMAP code that touches sockets (DESIGN.md layers).  Each connection gets an
+:class:`ImapSession` and a :class:`Connection` that feeds it bytes from both sides and carries out
+the actions it returns, in order.  A failure inside one connection — bad bytes, a broken TLS
+handshake, a provider that dies — ends that connection only; the listeners keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from dataclasses import dataclass, field
+
+from gateway.config import GatewayConfig, ListenerConfig
+from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.session import ImapSession, SessionState
+from gateway.imap_proxy.upstream import UpstreamError, UpstreamSession, open_upstream
+from gateway.login import Failure, LoginResult
+
+__all__ = ["ImapFront", "server_tls_context"]
+
+log = logging.getLogger("pecgw.imap")
+
+_READ_SIZE = 256 * 1024
+_CLOSE_GRACE_S = 1.0  # how long a closing peer gets to acknowledge TLS close_notify
+
+
+def server_tls_context(cert_file, key_file, min_version: str = "TLSv1.2") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+@dataclass
+class Services:
+    """What a connection needs from the rest of the gateway."""
+
+    config: GatewayConfig
+    login_service: object  # gateway.login_service.LoginService
+    vault: object  # gateway.vault.Vault
+    audit: object  # an AuditSink
+    version: str = "0"
+    sessions: set = field(default_factory=set)
+
+
+class Connection:
+    """Drives one client connection and, after login, its provider connection."""
+
+    def __init__(self, services: Services, listener: ListenerConfig, reader, writer) -> None:
+        self.s = services
+        self.reader, self.writer = reader, writer
+        self.up: UpstreamSession | None = None
+        self._up_task: asyncio.Task | None = None
+        self._resume = asyncio.Event()
+        self._closed = False
+        self.task: asyncio.Task | None = None
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        cfg = services.config.imap
+        self.session = ImapSession(
+            session_id=secrets.token_hex(8), client_ip=str(peer[0]),
+            tls_active=listener.tls == "implicit", starttls_available=listener.tls == "starttls",
+            plaintext_login=cfg.plaintext_login, limits=cfg.limits, version=services.version)
+
+    # -- main loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.s.sessions.add(self)
+        self.task = asyncio.current_task()
+        try:
+            await self._perform(self.session.connection_made())
+            while not self._closed:
+                if self.session.reading_paused:
+                    self._resume.clear()
+                    await self._resume.wait()
+                    continue
+                data = await self._read_client()
+                if data is None:
+                    continue
+                await self._perform(self.session.client_data(data))
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log.info("session %s: client connection ended: %s", self.session.session_id, type(exc).__name__)
+            await self._perform(self.session.client_closed())
+        except Exception:
+            log.exception("session %s: internal error; closing this session", self.session.session_id)
+            await self._perform(self.session.client_closed())
+        finally:
+            await self._close()
+            self.s.sessions.discard(self)
+
+    async def _read_client(self) -> bytes | None:
+        cfg = self.s.config.imap
+        timeout = cfg.idle_timeout_s if self.session.state is SessionState.AUTHENTICATED else cfg.preauth_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(_READ_SIZE)
+        except TimeoutError:
+            what = "idle" if self.session.state is SessionState.AUTHENTICATED else "preauth"
+            await self._perform(self.session.timed_out(what))
+            return None
+
+    async def _read_upstream(self) -> None:
+        assert self.up is not None
+        try:
+            while not self._closed:
+                data = await self.up.reader.read(_READ_SIZE)
+                await self._perform(self.session.upstream_data(data))
+                if not self.session.reading_paused:
+                    self._resume.set()
+                if not data:
+                    break
+        except (ConnectionError, ssl.SSLError) as exc:
+            log.warning("session %s: provider connection failed: %s", self.session.session_id, type(exc).__name__)
+            await self._perform(self.session.upstream_data(b""))
+        except Exception:
+            log.exception("session %s: internal error in the provider reader", self.session.session_id)
+            await self._perform(self.session.client_closed())
+        finally:
+            self._resume.set()
+
+    # -- actions ---------------------------------------------------------------------------
+    async def _perform(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, act.SendToClient):
+                if not self._closed:
+                    self.writer.write(a.data)
+            elif isinstance(a, act.SendToUpstream):
+                if self.up is not None and not self._closed:
+                    self.up.writer.write(a.data)
+            elif isinstance(a, act.Audit):
+                self.s.audit.emit(a.event)
+            elif isinstance(a, act.Log):
+                log.warning("session %s: %s", self.session.session_id, a.message)
+            elif isinstance(a, act.StartTls):
+                await self._start_tls(a)
+            elif isinstance(a, act.Login):
+                await self._login(a)
+            elif isinstance(a, act.Close):
+                await self._close()
+        if not self._closed:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await self.writer.drain()
+            if self.up is not None:
+                await self.up.writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass  # the reader side notices and ends the session
+
+    async def _start_tls(self, a: act.StartTls) -> None:
+        if a.discarded:
+            log.warning("session %s: discarded %d octets sent in clear after STARTTLS",
+                        self.session.session_id, a.discarded)
+        cfg = self.s.config.imap
+        await self.writer.drain()
+        ctx = server_tls_context(cfg.cert_file, cfg.key_file, cfg.tls_min_version)
+        await self.writer.start_tls(ctx)
+        await self._perform(self.session.tls_started())
+
+    async def _login(self, a: act.Login) -> None:
+        result: LoginResult = await self.s.login_service.login(a.request)
+        caps: list[str] = []
+        if result.ok:
+            result, caps = await self._open_upstream(result)
+        await self._perform(self.session.login_finished(result, caps))
+        if result.ok and self.up is not None:
+            self._up_task = asyncio.get_running_loop().create_task(self._read_upstream())
+            if self.up.leftover:
+                await self._perform(self.session.upstream_data(self.up.leftover))
+
+    async def _open_upstream(self, result: LoginResult) -> tuple[LoginResult, list[str]]:
+        mailbox = self.s.config.mailboxes[result.mailbox]
+        password = self.s.vault.get(mailbox.password_vault_key)
+        if password is None:
+            log.error("mailbox %s: no password in the vault under %r; set it with 'pecgw vault set %s'",
+                      mailbox.name, mailbox.password_vault_key, mailbox.name)
+            return self._unavailable(result, "no_mailbox_password"), []
+        try:
+            self.up = await open_upstream(mailbox.imap, password)
+        except UpstreamError as exc:
+            log.error("session %s: mailbox %s: provider unavailable (%s): %s",
+                      self.session.session_id, mailbox.name, exc.kind, exc)
+            return self._unavailable(result, f"upstream_{exc.kind}"), []
+        return result, self.up.capabilities
+
+    @staticmethod
+    def _unavailable(result: LoginResult, reason: str) -> LoginResult:
+        return LoginResult(False, person=result.person, offices=result.offices, mailbox=result.mailbox,
+                           failure=Failure.UNAVAILABLE, reason=reason,
+                           client_text="The PEC provider is unavailable; try again later")
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._resume.set()
+        for w in (self.writer, self.up.writer if self.up else None):
+            if w is None:
+                continue
+            try:
+                if not w.is_closing():
+                    w.close()  # flushes what was written (e.g. * BYE), then TLS close_notify
+                await asyncio.wait_for(w.wait_closed(), _CLOSE_GRACE_S)
+            except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
+                pass
+            finally:
+                w.transport.abort()  # no-op once closed; a peer ignoring close_notify must not hold us
+        task = self._up_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+
+
+class ImapFront:
+    """All IMAP listeners of the gateway."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._servers: list[tuple[ListenerConfig, asyncio.base_events.Server]] = []
+
+    async def start(self) -> None:
+        cfg = self.services.config.imap
+        tls_ctx = server_tls_context(cfg.cert_file, cfg.key_file, cfg.tls_min_version) if cfg.cert_file else None
+        for listener in cfg.listeners:
+            ctx = tls_ctx if listener.tls == "implicit" else None
+            if listener.tls == "implicit" and ctx is None:
+                raise RuntimeError("an implicit-TLS listener needs cert_file and key_file")
+
+            async def handle(reader, writer, listener=listener):
+                await Connection(self.services, listener, reader, writer).run()
+
+            server = await asyncio.start_server(handle, listener.host, listener.port, ssl=ctx,
+                                                ssl_handshake_timeout=15 if ctx else None)
+            self._servers.append((listener, server))
+            log.info("IMAP listening on %s:%d (%s)", listener.host, self.port_of(server), listener.tls)
+
+    @staticmethod
+    def port_of(server) -> int:
+        return server.sockets[0].getsockname()[1]
+
+    def bound_ports(self) -> dict[str, int]:
+        """Bound port per listener kind, first listener of each kind (useful with port 0)."""
+        out: dict[str, int] = {}
+        for listener, server in self._servers:
+            out.setdefault(listener.tls, self.port_of(server))
+        return out
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop listening, tell every client ``* BYE`` and wait for the connections to wind down."""
+        for _, server in self._servers:
+            server.close()
+        conns = list(self.services.sessions)
+        for conn in conns:
+            await conn._perform(conn.session.shutting_down())
+        tasks = [c.task for c in conns if c.task is not None and not c.task.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        for _, server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()

@@ -1,0 +1,186 @@
+"""Opening the provider session: TLS (verified), greeting, LOGIN with the vaulted password.
+
+The gateway's own dialogue with the provider, before the relay starts.  The mailbox user name and
+password are sent as synchronising literals (``{N}`` then wait for ``+``) — or non-synchronising
+ones when the provider offers LITERAL+ — so no quoting rule can ever mangle or leak them, and
+they never appear in a log line or an exception: errors say what failed, with the provider's own
+text at most.
+
+Upstream TLS is always verified (hostname and chain), against the mailbox's ``ca_file`` or the
+system trust store; there is deliberately no switch to turn verification off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from gateway.config import UpstreamConfig
+from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer
+from gateway.imap_proxy.responses import Kind, classify, parse_status
+from gateway.imap_proxy.session import GATEWAY_TAG_PREFIX
+from gateway.secret import Secret
+
+__all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context"]
+
+
+class UpstreamError(Exception):
+    """The provider session could not be opened; ``kind`` classifies why (for logs and metrics)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # unreachable | tls | timeout | protocol | login_refused
+
+
+@dataclass
+class UpstreamSession:
+    """An authenticated provider connection, ready to relay."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    capabilities: list[str]
+    leftover: bytes  # bytes received after the LOGIN reply, for the relay to process first
+
+
+def client_tls_context(ca_file) -> ssl.SSLContext:
+    """A verifying client context (TLS 1.2+), with ``ca_file`` or the system store."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class _Conversation:
+    """Reads provider responses frame by frame for the gateway's own commands."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.framer = Framer(max_line=65536, max_literal=1024 * 1024, announce_literals=False)
+        self.capabilities: list[str] | None = None
+        self._n = 0
+
+    def next_tag(self) -> str:
+        self._n += 1
+        return f"{GATEWAY_TAG_PREFIX}{self._n}"
+
+    async def frame(self) -> Frame:
+        while True:
+            event = self.framer.next_event()
+            if isinstance(event, Frame):
+                self._note_capabilities(event)
+                return event
+            if isinstance(event, EndOfStream):
+                raise UpstreamError("protocol", "the provider closed the connection")
+            assert event is NEED_DATA
+            data = await self.reader.read(65536)
+            self.framer.receive_data(data)
+
+    def _note_capabilities(self, frame: Frame) -> None:
+        head = classify(frame)
+        if head.kind is Kind.UNTAGGED and head.name == "CAPABILITY":
+            self.capabilities = frame.first_line.decode("latin-1").split()[2:]
+        elif head.kind is not Kind.CONTINUATION and head.name in ("OK", "PREAUTH", "BYE", "NO", "BAD"):
+            status = parse_status(frame)
+            if status.code == "CAPABILITY":
+                self.capabilities = status.code_data.split()
+
+    async def tagged(self, tag: str, *, on_continuation=None):
+        """Read until the tagged reply for ``tag``; call ``on_continuation`` for each ``+``."""
+        while True:
+            frame = await self.frame()
+            head = classify(frame)
+            if head.kind is Kind.CONTINUATION:
+                if on_continuation is None:
+                    raise UpstreamError("protocol", "unexpected continuation request from the provider")
+                await on_continuation()
+                continue
+            if head.kind is Kind.UNTAGGED:
+                if head.name == "BYE":
+                    raise UpstreamError("protocol", f"the provider said BYE: {parse_status(frame).text[:200]}")
+                continue
+            if head.tag == tag:
+                return parse_status(frame)
+
+    async def simple(self, command: str) -> None:
+        tag = self.next_tag()
+        self.writer.write(f"{tag} {command}\r\n".encode())
+        status = await self.tagged(tag)
+        if status.status != "OK":
+            raise UpstreamError("protocol", f"{command} refused by the provider: {status.text[:200]}")
+
+
+async def _login(conv: _Conversation, username: str, password: Secret) -> None:
+    user = username.encode("utf-8")
+    secret = password.reveal_bytes()
+    tag = conv.next_tag()
+    plus = any(c.upper() == "LITERAL+" for c in conv.capabilities or ())
+    if plus:
+        conv.writer.write(b"%s LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (tag.encode(), len(user), user, len(secret), secret))
+        pending: list[bytes] = []
+    else:
+        conv.writer.write(b"%s LOGIN {%d}\r\n" % (tag.encode(), len(user)))
+        pending = [user + b" {%d}\r\n" % len(secret), secret + b"\r\n"]
+
+    async def send_next() -> None:
+        if not pending:
+            raise UpstreamError("protocol", "unexpected continuation request during LOGIN")
+        conv.writer.write(pending.pop(0))
+
+    del secret
+    status = await conv.tagged(tag, on_continuation=send_next)
+    if status.status != "OK":
+        code = f"[{status.code}] " if status.code else ""
+        raise UpstreamError("login_refused", f"the provider refused the mailbox login: {code}{status.text[:200]}")
+
+
+async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSession:
+    """Connect, verify TLS, log in; raises :class:`UpstreamError` (never with the password)."""
+    ctx = client_tls_context(cfg.ca_file)
+    server_name = cfg.server_name or cfg.host
+    try:
+        async with asyncio.timeout(cfg.connect_timeout_s):
+            if cfg.tls == "implicit":
+                reader, writer = await asyncio.open_connection(cfg.host, cfg.port, ssl=ctx, server_hostname=server_name)
+            else:
+                reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
+    except TimeoutError:
+        raise UpstreamError("timeout", f"connecting to {cfg.host}:{cfg.port} timed out") from None
+    except ssl.SSLError as exc:
+        raise UpstreamError("tls", f"TLS with {cfg.host}:{cfg.port} failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise UpstreamError("unreachable", f"cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+    conv = _Conversation(reader, writer)
+    try:
+        async with asyncio.timeout(cfg.login_timeout_s):
+            greeting = parse_status(await conv.frame())
+            if greeting.status != "OK":
+                raise UpstreamError("protocol", f"unexpected greeting {greeting.status} {greeting.text[:200]}")
+            if cfg.tls == "starttls":
+                await conv.simple("STARTTLS")
+                conv.framer.clear()
+                await writer.start_tls(ctx, server_hostname=server_name)
+                conv.capabilities = None
+            if conv.capabilities is None:
+                await conv.simple("CAPABILITY")
+            await _login(conv, cfg.username, password)
+            if conv.capabilities is None or any(c.upper().startswith("AUTH=") for c in conv.capabilities):
+                # RFC 3501 §6.2.3: capabilities may change after login; ask again if not told
+                conv.capabilities = None
+                await conv.simple("CAPABILITY")
+    except TimeoutError:
+        writer.close()
+        raise UpstreamError("timeout", f"login at {cfg.host}:{cfg.port} timed out") from None
+    except ssl.SSLError as exc:
+        writer.close()
+        raise UpstreamError("tls", f"TLS with {cfg.host}:{cfg.port} failed: {exc.reason or exc}") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        writer.close()
+        raise UpstreamError("unreachable", f"connection to {cfg.host}:{cfg.port} failed: {exc}") from None
+    except UpstreamError:
+        writer.close()
+        raise
+    except Exception as exc:  # a parse error in what the provider sent
+        writer.close()
+        raise UpstreamError("protocol", f"unexpected reply from {cfg.host}:{cfg.port}: {type(exc).__name__}") from None
+    leftover = conv.framer.clear()
+    return UpstreamSession(reader, writer, list(conv.capabilities or ()), leftover)
