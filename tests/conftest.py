@@ -1,0 +1,73 @@
+"""Shared fixtures: throwaway PKI, a real slapd and a real Dovecot for the whole session, and a
+fresh PEC mailbox (seeded with :func:`gateway.demo.pec_samples.sample_mailbox`) per test."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from gateway.demo.pec_samples import Gestore, make_gestore, sample_mailbox
+from tests.fixtures.dovecot import DovecotServer
+from tests.fixtures.pki import Pki, make_pki
+from tests.fixtures.slapd import SlapdServer
+
+
+class PecMailbox(tuple):
+    """``(address, password)`` of a seeded mailbox; ``.folders`` holds the exact seeded bytes."""
+
+    folders: dict[str, list[bytes]]
+
+    def __new__(cls, address: str, password: str, folders: dict[str, list[bytes]]):
+        self = super().__new__(cls, (address, password))
+        self.folders = folders
+        return self
+
+    @property
+    def address(self) -> str:
+        return self[0]
+
+    @property
+    def password(self) -> str:
+        return self[1]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def slapd():
+    server = SlapdServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot(pki: Pki):
+    server = DovecotServer(pki)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pec_gestore() -> Gestore:
+    """One throwaway provider signing key for the session (RSA key generation is the slow part)."""
+    return make_gestore()
+
+
+@pytest.fixture
+def pec_mailbox(dovecot: DovecotServer, pec_gestore: Gestore) -> PecMailbox:
+    """A new, uniquely named mailbox on the session Dovecot, seeded with ``sample_mailbox()``."""
+    address = f"pec-{secrets.token_hex(4)}@pec.example.it"
+    password = secrets.token_urlsafe(12)
+    folders = sample_mailbox(address, gestore=pec_gestore)
+    dovecot.add_mailbox(address, password, folders)
+    return PecMailbox(address, password, folders)
