@@ -1,0 +1,234 @@
+"""``pecgw``: the gateway's command line.
+
+Secrets are never taken from argv (it is visible to every user in ``ps``): ``vault set`` and
+``hash-password`` read the value from standard input when it is not a terminal, or prompt twice
+without echo when it is.  Errors print one line naming what is wrong and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.secret import Secret
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = os.environ.get("PECGW_CONFIG", "/etc/pecgw/gateway.toml")
+DEMO_CONFIG = Path("demo-state") / "gateway.toml"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _read_secret(what: str) -> Secret:
+    if not sys.stdin.isatty():
+        value = sys.stdin.readline().rstrip("\r\n")
+    else:
+        value = getpass.getpass(f"{what}: ")
+        if getpass.getpass(f"{what} (again): ") != value:
+            raise CliError("the two entries differ; nothing was changed")
+    if not value:
+        raise CliError(f"empty {what.lower()}; nothing was changed")
+    return Secret(value)
+
+
+def _config(args) -> GatewayConfig:
+    return load_config(args.config)
+
+
+# -- serve ------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    config = _config(args)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.app import Gateway
+
+    async def run() -> None:
+        gw = Gateway(config)
+        await gw.start()
+        await gw.serve_forever()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    config = _config(args)
+    from gateway.app import build_directory, open_vault
+
+    vault = open_vault(config)
+    build_directory(config, vault)
+    missing = [m.name for m in config.mailboxes.values() if vault.get(m.password_vault_key) is None]
+    for name in missing:
+        print(f"warning: mailbox {name}: no password in the vault (pecgw vault set {name})")
+    print(f"{config.source}: OK ({len(config.mailboxes)} mailboxes, {len(config.offices)} offices)")
+    return 0
+
+
+# -- vault ------------------------------------------------------------------------------------
+def cmd_vault_init(args) -> int:
+    from gateway.vault import create_key_file
+
+    config = _config(args)
+    if config.vault.key_file is None:
+        raise CliError(f"{config.source}: vault.key_file: not set; with ${config.vault.key_env} "
+                       "generate the key yourself (32 random bytes, urlsafe base64)")
+    create_key_file(config.vault.key_file)
+    print(f"created {config.vault.key_file} (mode 0600); keep a copy offline: without it the vault is lost")
+    return 0
+
+
+def _vault_entry(args, config: GatewayConfig) -> str:
+    if args.entry:
+        return args.entry
+    if not args.mailbox:
+        raise CliError("name a mailbox or give --entry NAME")
+    mailbox = config.mailboxes.get(args.mailbox)
+    if mailbox is None:
+        known = ", ".join(sorted(config.mailboxes)) or "none"
+        raise CliError(f"{config.source}: no mailbox {args.mailbox!r} (configured: {known})")
+    return mailbox.password_vault_key
+
+
+def cmd_vault_set(args) -> int:
+    from gateway.app import open_vault
+
+    config = _config(args)
+    entry = _vault_entry(args, config)
+    value = _read_secret("Password")
+    open_vault(config).set(entry, value)
+    print(f"stored {entry} in {config.vault.path}")
+    return 0
+
+
+def cmd_vault_list(args) -> int:
+    from gateway.app import open_vault
+
+    for name in open_vault(_config(args)).names():
+        print(name)
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    from gateway.auth.passwords import hash_password
+
+    print(hash_password(_read_secret("Password")))
+    return 0
+
+
+# -- otp --------------------------------------------------------------------------------------
+def cmd_otp_enroll(args) -> int:
+    from gateway.app import open_vault
+    from gateway.auth.otp import OtpVerifier, png_qr, terminal_qr
+    from gateway.vault import otp_key
+
+    config = _config(args)
+    vault = open_vault(config)
+    key = otp_key(args.user)
+    if vault.get(key) is not None and not args.force:
+        raise CliError(f"{args.user} already has an OTP secret; use --force to replace it")
+    secret = OtpVerifier.enroll_secret()
+    vault.set(key, secret)
+    verifier = OtpVerifier(lambda _u: secret, digits=config.auth.otp_digits)
+    uri = verifier.provisioning_uri(secret, args.user, config.auth.otp_issuer)
+    print(f"OTP secret for {args.user} stored in the vault. Scan this with an authenticator app:\n")
+    print(terminal_qr(uri))
+    print(uri)
+    if args.png:
+        written = png_qr(uri, Path(args.png))
+        print(f"QR code written to {written}")
+    return 0
+
+
+def cmd_otp_code(args) -> int:
+    from gateway.app import open_vault
+    from gateway.auth.otp import OtpVerifier
+    from gateway.vault import otp_key
+
+    config = _config(args)
+    if not config.demo:
+        raise CliError(f"{config.source}: 'pecgw otp code' only works on a demo configuration (demo = true)")
+    secret = open_vault(config).get(otp_key(args.user))
+    if secret is None:
+        raise CliError(f"{args.user} has no OTP secret")
+    print(OtpVerifier(lambda _u: secret, digits=config.auth.otp_digits).current_code(secret, time.time()))
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from gateway.demo.runner import run_demo
+
+    return run_demo(Path(args.state_dir), imap_port=args.imap_port, starttls_port=args.starttls_port)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pecgw", description="PEC gateway: IMAP/SMTP proxy for PEC mailboxes")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp, default=DEFAULT_CONFIG):
+        sp.add_argument("--config", "-c", default=default, help=f"config file (default {default})")
+        return sp
+
+    with_config(sub.add_parser("serve", help="run the gateway")).set_defaults(func=cmd_serve)
+    with_config(sub.add_parser("check-config", help="validate a config file and its vault")).set_defaults(
+        func=cmd_check_config)
+    sub.add_parser("hash-password", help="scrypt-hash a password for the static users file").set_defaults(
+        func=cmd_hash_password)
+
+    vault = sub.add_parser("vault", help="manage the secrets vault").add_subparsers(dest="vault_cmd", required=True)
+    with_config(vault.add_parser("init", help="create the vault key file")).set_defaults(func=cmd_vault_init)
+    vs = with_config(vault.add_parser("set", help="store a mailbox password (read from stdin or a prompt)"))
+    vs.add_argument("mailbox", nargs="?", help="mailbox name from the config")
+    vs.add_argument("--entry", help="a raw vault entry name instead, e.g. ldap/bind")
+    vs.set_defaults(func=cmd_vault_set)
+    with_config(vault.add_parser("list", help="list entry names (never values)")).set_defaults(func=cmd_vault_list)
+
+    otp = sub.add_parser("otp", help="manage OTP enrolment").add_subparsers(dest="otp_cmd", required=True)
+    oe = with_config(otp.add_parser("enroll", help="create a TOTP secret and show its QR code"))
+    oe.add_argument("user")
+    oe.add_argument("--png", help="also write the QR code to this file")
+    oe.add_argument("--force", action="store_true", help="replace an existing secret")
+    oe.set_defaults(func=cmd_otp_enroll)
+    oc = with_config(otp.add_parser("code", help="print the current code (demo configurations only)"),
+                     default=str(DEMO_CONFIG))
+    oc.add_argument("user")
+    oc.set_defaults(func=cmd_otp_code)
+
+    demo = sub.add_parser("demo", help="run the gateway in front of an embedded sandbox PEC provider")
+    demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its files")
+    demo.add_argument("--imap-port", type=int, default=9993, help="implicit-TLS IMAP port (default 9993)")
+    demo.add_argument("--starttls-port", type=int, default=9143, help="STARTTLS IMAP port (default 9143)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CliError) as exc:
+        print(f"pecgw: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence, no traceback with secrets
+        from gateway.vault import VaultError
+
+        if isinstance(exc, (VaultError, OSError)):
+            print(f"pecgw: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``pecgw`` command as an operator runs it, and where secrets must never appear.
+
+A real ``pecgw serve`` process is started from a config file; its argv, its log (at DEBUG), the
+audit file and the vault file are grepped for every secret involved after successful and failing
+sessions: the mailbox password, the LDAP service password, the person's password and full
+credential, and the OTP secret.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.secret import Secret
+from tests.fixtures.gateway import GatewayHarness, write_gateway_config
+from tests.fixtures.ports import free_port
+
+PECGW = [sys.executable, "-m", "gateway.cli"]
+
+
+def pecgw(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*PECGW, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def test_bad_config_exits_non_zero_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[imap]\nlisten_tls = ["127.0.0.1:993"]\nmax_line_length = "huge"\n')
+    proc = pecgw("serve", "--config", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}: imap.max_line_length: must be an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = pecgw("serve", "--config", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2 and "missing.toml: file not found" in proc.stderr
+
+
+def test_check_config_reports_missing_vault_entries(tmp_path, pki):
+    h = GatewayHarness(tmp_path / "gw", pki)
+    users = tmp_path / "users.toml"
+    users.write_text("")
+    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
+                           offices={"o": {"members": ["x"]}},
+                           mailboxes={"m": {"address": "m@pec.example.it", "offices": ["o"],
+                                            "imap": {"host": "localhost", "username": "m"}}})
+    cfg = write_gateway_config(tmp_path / "gw.toml", tables)
+    proc = pecgw("check-config", "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: mailbox m: no password in the vault (pecgw vault set m)" in proc.stdout
+
+
+@pytest.fixture
+def served(tmp_path, pki, slapd, dovecot, pec_mailbox):
+    """A real ``pecgw serve`` process, with the mailbox password set through ``pecgw vault set``."""
+    h = GatewayHarness(tmp_path / "gw", pki)
+    h.vault.set("ldap/bind", Secret(slapd.service_password))
+    h.enroll("alice")
+    port = free_port()
+    tables = h.base_tables(
+        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
+                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        offices={"legale": {"groups": ["legale"]}},
+        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"], "imap": {
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": pec_mailbox.address,
+            "ca_file": str(pki.ca_cert), "server_name": "localhost"}}},
+        imap={"listen_tls": [f"127.0.0.1:{port}"], "listen_starttls": []},
+    )
+    config = write_gateway_config(tmp_path / "gateway.toml", tables)
+    set_proc = pecgw("vault", "set", "protocollo", "--config", str(config), stdin=pec_mailbox.password + "\n")
+    assert set_proc.returncode == 0, set_proc.stderr
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([*PECGW, "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[1])
+    h.ports = {"implicit": port}
+    try:
+        wait_port(port)
+        yield h, proc, tmp_path / "serve.log", config
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        log.close()
+
+
+def test_serve_relays_and_no_secret_leaks(served, slapd, pec_mailbox):
+    h, proc, log_path, config = served
+    credential = h.credential("alice", "alice-password")
+
+    c = h.imap()
+    assert c.login("alice", credential)[0] == "OK"
+    c.select("INBOX")
+    assert c.uid("FETCH", "1", "(BODY.PEEK[])")[0] == "OK"
+    c.logout()
+
+    bad = h.imap()
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        bad.login("alice", "alice-password000000")
+
+    # the provider now refuses the vaulted password: the error path must not leak either
+    wrong_mailbox_pw = "Wrong-Mailbox-Pw-7f3a9"
+    assert pecgw("vault", "set", "protocollo", "--config", str(config), stdin=wrong_mailbox_pw + "\n").returncode == 0
+    refused = h.imap()
+    with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+        refused.login("alice", credential)
+
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    log = log_path.read_text()
+    audit = h.audit_path.read_text()
+    vault_file = h.vault_path.read_text()
+
+    assert "IMAP listening on 127.0.0.1" in log and "provider unavailable (login_refused)" in log
+    assert '"action": "login"' in audit and '"action": "login_failed"' in audit
+    secrets = {"mailbox password": pec_mailbox.password, "wrong mailbox password": wrong_mailbox_pw,
+               "LDAP service password": slapd.service_password, "person's password": "alice-password",
+               "credential": credential, "OTP secret": h.otp_secrets["alice"]}
+    for where, text in {"argv": cmdline, "log": log, "audit": audit, "vault file": vault_file}.items():
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} found in {where}"
