@@ -11,17 +11,15 @@ from __future__ import annotations
 import imaplib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from gateway.secret import Secret
 from tests.fixtures.gateway import GatewayHarness, write_gateway_config
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, wait_for_port
 
 PECGW = [sys.executable, "-m", "gateway.cli"]
 
@@ -29,17 +27,6 @@ PECGW = [sys.executable, "-m", "gateway.cli"]
 def pecgw(*args: str, stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([*PECGW, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
                           cwd=Path(__file__).resolve().parents[1])
-
-
-def wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} never opened")
 
 
 def test_bad_config_exits_non_zero_naming_file_and_key(tmp_path):
@@ -92,7 +79,7 @@ def served(tmp_path, pki, slapd, dovecot, pec_mailbox):
                             cwd=Path(__file__).resolve().parents[1])
     h.ports = {"implicit": port}
     try:
-        wait_port(port)
+        assert wait_for_port(port, timeout=15, alive=lambda: proc.poll() is None), (tmp_path / "serve.log").read_text()
         yield h, proc, tmp_path / "serve.log", config
     finally:
         if proc.poll() is None:
