@@ -124,3 +124,28 @@ def test_serve_relays_and_no_secret_leaks(served, slapd, pec_mailbox):
     for where, text in {"argv": cmdline, "log": log, "audit": audit, "vault file": vault_file}.items():
         for what, secret in secrets.items():
             assert secret not in text, f"{what} found in {where}"
+
+
+def test_otp_enroll_prints_qr_and_uri_and_writes_png(tmp_path, pki):
+    h = GatewayHarness(tmp_path / "gw", pki)
+    users = tmp_path / "users.toml"
+    users.write_text("")
+    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
+                           offices={"o": {"members": ["alice"]}},
+                           mailboxes={"m": {"address": "m@pec.example.it", "offices": ["o"],
+                                            "imap": {"host": "localhost", "username": "m"}}})
+    cfg = write_gateway_config(tmp_path / "gw.toml", tables)
+    png = tmp_path / "alice.png"
+    proc = pecgw("otp", "enroll", "alice", "--config", str(cfg), "--png", str(png))
+    assert proc.returncode == 0, proc.stderr
+    secret = h.vault.get("otp/alice")
+    assert secret is not None
+    assert f"otpauth://totp/PEC%20Gateway:alice?secret={secret.reveal()}" in proc.stdout
+    assert "█" in proc.stdout  # the terminal QR code
+    assert png.read_bytes().startswith(b"\x89PNG") and oct(png.stat().st_mode & 0o777) == "0o600"
+
+    again = pecgw("otp", "enroll", "alice", "--config", str(cfg))
+    assert again.returncode == 2 and "already has an OTP secret; use --force" in again.stderr
+    assert h.vault.get("otp/alice") == secret
+    code = pecgw("otp", "code", "alice", "--config", str(cfg))
+    assert code.returncode == 2 and "only works on a demo configuration" in code.stderr

@@ -23,7 +23,6 @@ from __future__ import annotations
 import binascii
 import enum
 import hmac
-import importlib.util
 import io
 import logging
 import os
@@ -145,20 +144,13 @@ def terminal_qr(uri: str) -> str:
 
 
 def png_qr(uri: str, path: Path) -> Path:
-    """Write the QR code of ``uri`` as a PNG, or as an SVG when no PNG writer is installed.
+    """Write the QR code of ``uri`` as a PNG (pure-Python pypng, no imaging library needed).
 
-    PNG needs Pillow or pypng.  Without either, the file is written as SVG and its suffix is
-    changed to ``.svg``.  Returns the path actually written (mode 0600: it holds the secret).
+    Returns the path written, mode 0600: the image holds the OTP secret.
     """
-    path = Path(path)
-    if importlib.util.find_spec("PIL") is not None:
-        from qrcode.image.pil import PilImage as factory
-    elif importlib.util.find_spec("png") is not None:
-        from qrcode.image.pure import PyPNGImage as factory
-    else:
-        from qrcode.image.svg import SvgPathImage as factory
+    from qrcode.image.pure import PyPNGImage as factory
 
-        path = path.with_suffix(".svg")
+    path = Path(path)
     image = _qr(uri).make_image(image_factory=factory)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
