@@ -290,3 +290,66 @@ def test_malformed_input_closes_only_that_session(gw):
     assert fresh.select("INBOX")[0] == "OK"
     fresh.logout()
     healthy.logout()
+
+
+# -- the provider side: STARTTLS, certificate checks, a provider that never answers -------------
+def _gateway_with_upstream(workdir, pki, slapd, mailbox, imap_table) -> GatewayHarness:
+    h = GatewayHarness(workdir, pki)
+    h.vault.set("ldap/bind", Secret(slapd.service_password))
+    h.vault.set("mailbox/protocollo", Secret(mailbox.password))
+    h.enroll("alice")
+    return h.start(h.base_tables(
+        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
+                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        offices={"legale": {"groups": ["legale"]}},
+        mailboxes={"protocollo": {"address": mailbox.address, "offices": ["legale"], "imap": imap_table}}))
+
+
+def test_upstream_starttls(tmp_path, pki, slapd, dovecot, pec_mailbox):
+    table = {**upstream_table(dovecot, pki, pec_mailbox.address), "tls": "starttls", "port": dovecot.starttls_port}
+    h = _gateway_with_upstream(tmp_path / "gw-starttls", pki, slapd, pec_mailbox, table)
+    try:
+        c = login(h, "alice", "alice-password")
+        typ, data = c.select("INBOX")
+        assert typ == "OK" and int(data[0]) == len(pec_mailbox.folders["INBOX"])
+        c.logout()
+    finally:
+        h.stop()
+
+
+def test_upstream_certificate_is_verified(tmp_path, pki, slapd, dovecot, pec_mailbox):
+    from tests.fixtures.pki import make_pki
+
+    other_ca = make_pki(tmp_path / "other-ca").ca_cert
+    table = {**upstream_table(dovecot, pki, pec_mailbox.address), "ca_file": str(other_ca)}
+    h = _gateway_with_upstream(tmp_path / "gw-other-ca", pki, slapd, pec_mailbox, table)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            login(h, "alice", "alice-password")
+        rows = h.audit_events(wait_for=1)
+        assert rows[-1]["action"] == "upstream_unavailable" and rows[-1]["reason"] == "upstream_tls"
+        wrong_name = {**upstream_table(dovecot, pki, pec_mailbox.address), "server_name": "imap.example.org"}
+        h.stop()
+        h = _gateway_with_upstream(tmp_path / "gw-wrong-name", pki, slapd, pec_mailbox, wrong_name)
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            login(h, "alice", "alice-password")
+    finally:
+        h.stop()
+
+
+def test_silent_provider_times_out_with_unavailable(tmp_path, pki, slapd, pec_mailbox):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts connections, never says a word
+    table = {"host": "127.0.0.1", "port": silent.getsockname()[1], "tls": "starttls", "username": "x",
+             "connect_timeout": 1, "login_timeout": 1}
+    h = _gateway_with_upstream(tmp_path / "gw-silent", pki, slapd, pec_mailbox, table)
+    try:
+        started = time.monotonic()
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            login(h, "alice", "alice-password")
+        assert time.monotonic() - started < 5
+        assert h.audit_events(wait_for=1)[-1]["reason"] == "upstream_timeout"
+    finally:
+        h.stop()
+        silent.close()
