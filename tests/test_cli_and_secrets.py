@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, write_gateway_config
+from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table, write_gateway_config
 from tests.fixtures.ports import free_port, wait_for_port
 
 PECGW = [sys.executable, "-m", "gateway.cli"]
@@ -63,12 +63,10 @@ def served(tmp_path, pki, slapd, dovecot, pec_mailbox):
     h.enroll("alice")
     port = free_port()
     tables = h.base_tables(
-        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
-                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        directory=ldap_directory(slapd),
         offices={"legale": {"groups": ["legale"]}},
-        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"], "imap": {
-            "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": pec_mailbox.address,
-            "ca_file": str(pki.ca_cert), "server_name": "localhost"}}},
+        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"],
+                                  "imap": upstream_table(dovecot, pki, pec_mailbox.address)}},
         imap={"listen_tls": [f"127.0.0.1:{port}"], "listen_starttls": []},
     )
     config = write_gateway_config(tmp_path / "gateway.toml", tables)

@@ -16,14 +16,9 @@ import time
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness
+from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
 
 AUTH_FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
-
-
-def upstream_table(dovecot, pki, address: str) -> dict:
-    return {"host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": address,
-            "ca_file": str(pki.ca_cert), "server_name": "localhost", "connect_timeout": 3, "login_timeout": 5}
 
 
 @pytest.fixture
@@ -42,8 +37,7 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, second_mailbox):
     for person in ("alice", "bruno", "carla", "dario"):
         h.enroll(person)
     tables = h.base_tables(
-        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
-                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        directory=ldap_directory(slapd),
         offices={"legale": {"groups": ["legale"]}, "acquisti": {"groups": ["acquisti"]},
                  "collaudo": {"members": ["carla"]}},
         mailboxes={
@@ -299,8 +293,7 @@ def _gateway_with_upstream(workdir, pki, slapd, mailbox, imap_table) -> GatewayH
     h.vault.set("mailbox/protocollo", Secret(mailbox.password))
     h.enroll("alice")
     return h.start(h.base_tables(
-        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
-                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        directory=ldap_directory(slapd),
         offices={"legale": {"groups": ["legale"]}},
         mailboxes={"protocollo": {"address": mailbox.address, "offices": ["legale"], "imap": imap_table}}))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness
+from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
 
 MBSYNC = shutil.which("mbsync")
 CURL = shutil.which("curl")
@@ -29,12 +29,10 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox):
     h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
     h.enroll("alice")
     tables = h.base_tables(
-        directory={"backend": "ldap", "ldap": {"url": slapd.url, "bind_dn": slapd.service_dn,
-                                               "user_base": slapd.people_dn, "group_base": slapd.groups_dn}},
+        directory=ldap_directory(slapd),
         offices={"legale": {"groups": ["legale"]}},
-        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"], "imap": {
-            "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": pec_mailbox.address,
-            "ca_file": str(pki.ca_cert), "server_name": "localhost"}}},
+        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"],
+                                  "imap": upstream_table(dovecot, pki, pec_mailbox.address)}},
     )
     h.mailbox = pec_mailbox
     h.start(tables)
