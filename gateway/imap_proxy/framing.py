@@ -2,7 +2,7 @@
 
 The first of two parsing stages (DESIGN.md): the framer only knows lines and literals.  It turns
 bytes into :class:`Frame` objects — one complete command or response, i.e. a line plus every
-``{N}`` / ``{N+}`` / ``{N-}`` / ``~{N}`` literal it announces and the line parts that follow —
+``{N}`` / ``{N+}`` / ``~{N}`` literal it announces and the line parts that follow —
 and tells the caller about each synchronising literal *before* its data arrives, so the session
 can answer ``+`` or refuse it (RFC 3501 §7.5: "the server sends a command continuation request
 ... or a tagged NO/BAD and the client does not send the octets").
@@ -17,7 +17,8 @@ Limits, all enforced in this module only:
 * ``max_literal`` — the largest single literal.  A synchronising literal above it is refused
   (:class:`LiteralRefused`) and the stream continues; a non-synchronising one cannot be refused
   without reading it, so it is a fatal :class:`FramingError` (RFC 7888 §4 allows the server to
-  close the connection in that case).
+  close the connection in that case) — and so is any literal from a peer that is never asked
+  before it sends (``announce_literals=False``: the provider side).
 * ``max_message`` — the sum of all lines and literals of one message, so many small literals
   cannot add up to unbounded memory.
 """
@@ -52,11 +53,15 @@ NEED_DATA = _Sentinel.NEED_DATA
 
 
 class LiteralKind(Enum):
-    """How a literal was announced (RFC 3501 ``{N}``, RFC 7888 ``{N+}`` / ``{N-}``)."""
+    """How a literal was announced: RFC 3501 ``{N}`` or RFC 7888 ``{N+}``.
+
+    RFC 7888 has no ``{N-}``: LITERAL- servers also take ``{N+}``, for literals up to 4096
+    octets.  A ``{N-}`` is therefore not a literal marker at all, and is never framed as one
+    (a provider that read it differently would run the "literal" as a command).
+    """
 
     SYNC = ""
     PLUS = "+"
-    MINUS = "-"
 
     @property
     def synchronizing(self) -> bool:
@@ -134,7 +139,7 @@ class EndOfStream:
     partial: bool
 
 
-_MARKER_RE = re.compile(rb"(~?)\{([0-9]+)([+-]?)\}$")
+_MARKER_RE = re.compile(rb"(~?)\{([0-9]+)(\+?)\}$")
 _MAX_LITERAL_DIGITS = 20
 
 
@@ -245,15 +250,15 @@ class Framer:
             if marker is None:
                 self._lines.append(line)
                 return self._finish_message()
-            if marker.size > self.max_literal:
-                if marker.kind.synchronizing:
+            too_big = marker.size > self.max_literal
+            if too_big or self._message_size + marker.size > self.max_message:
+                limit = self.max_literal if too_big else self.max_message
+                if marker.kind.synchronizing and self.announce_literals:
                     first = (self._lines[0] if self._lines else line).rstrip(b"\r\n")
                     self._reset_message()
-                    return LiteralRefused(marker, first, self.max_literal)
-                raise FramingError(
-                    f"non-synchronizing literal of {marker.size} octets exceeds {self.max_literal}"
-                )
-            if self._message_size + marker.size > self.max_message:
+                    return LiteralRefused(marker, first, limit)
+                if too_big:
+                    raise FramingError(f"literal of {marker.size} octets exceeds {self.max_literal}")
                 raise FramingError(f"message exceeds {self.max_message} octets")
             self._lines.append(line)
             self._markers.append(marker)
@@ -277,7 +282,7 @@ class Framer:
         if idx < 0:
             # Keep one octet back: a CR may be the last octet with its LF still to come.
             self._scan_from = max(0, len(self._buf) - 1)
-            if len(self._buf) > self.max_line:
+            if len(self._buf) > self.max_line + (1 if self._buf.endswith(b"\r") else 0):
                 raise FramingError(f"line exceeds {self.max_line} octets")
             return None
         end = idx + 2

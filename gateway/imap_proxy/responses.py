@@ -46,7 +46,7 @@ def classify(frame: Frame) -> Head:
         return Head(Kind.CONTINUATION, None, "")
     sp = line.find(b" ")
     if sp <= 0:
-        raise UpstreamProtocolError(f"malformed response line {line[:80]!r}")
+        raise UpstreamProtocolError("malformed response line (no tag or no space after it)")
     first = line[:sp]
     rest_start = sp + 1
     end = _word_end(line, rest_start)
@@ -85,13 +85,13 @@ def parse_status(frame: Frame) -> StatusResponse:
     status, _, rest = rest.partition(" ")
     status = status.upper()
     if status not in STATUS_WORDS:
-        raise UpstreamProtocolError(f"not a status response: {line[:80]!r}")
+        raise UpstreamProtocolError(f"not a status response ({status[:20]!r})")
     code = None
     code_data = ""
     if rest.startswith("["):
         close = rest.find("]")
         if close < 0:
-            raise UpstreamProtocolError(f"unterminated response code in {line[:80]!r}")
+            raise UpstreamProtocolError("unterminated response code")
         inner = rest[1:close]
         name, _, code_data = inner.partition(" ")
         code = name.upper()

@@ -54,6 +54,9 @@ class String(bytes):
 
 _ATOM_END = frozenset(b" ()\"{")
 _SP = 0x20
+_FORBIDDEN_IN_TEXT = frozenset(b"\r\n\x00")
+#: Deepest parenthesised nesting accepted; real commands and responses stay under 10.
+MAX_DEPTH = 64
 
 
 class Reader:
@@ -70,6 +73,7 @@ class Reader:
                 self._parts.append((False, text))
         self._part = 0
         self._pos = start
+        self._depth = 0
 
     # -- position ---------------------------------------------------------------------------
     def _text(self) -> bytes | None:
@@ -151,6 +155,15 @@ class Reader:
         return out
 
     def _read_list(self) -> list:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise TokenError(f"lists nested deeper than {MAX_DEPTH}")
+        try:
+            return self._read_list_items()
+        finally:
+            self._depth -= 1
+
+    def _read_list_items(self) -> list:
         items: list = []
         while True:
             self.skip_spaces()
@@ -163,13 +176,18 @@ class Reader:
             items.append(self.read())
 
     def _read_quoted(self, text: bytes) -> String:
+        """RFC 3501: ``quoted = DQUOTE *QUOTED-CHAR DQUOTE``; QUOTED-CHAR is any TEXT-CHAR but the
+        quoted-specials, or ``\\`` followed by a quoted-special.  CR, LF and NUL are refused: a
+        provider that ended the line at a bare LF would run the rest as a command."""
         out = bytearray()
         i = self._pos + 1
         while i < len(text):
             c = text[i]
+            if c in _FORBIDDEN_IN_TEXT:
+                raise TokenError("CR, LF or NUL inside a quoted string")
             if c == 0x5C:  # backslash
-                if i + 1 >= len(text):
-                    break
+                if i + 1 >= len(text) or text[i + 1] not in (0x22, 0x5C):
+                    raise TokenError("invalid escape in a quoted string")
                 out.append(text[i + 1])
                 i += 2
                 continue
@@ -188,6 +206,8 @@ class Reader:
             if c == 0x5B:  # [ : a section, read to the matching ]
                 depth = 0
                 while i < n:
+                    if text[i] < 0x20 or text[i] == 0x7F:
+                        raise TokenError("control character in a section")
                     if text[i] == 0x5B:
                         depth += 1
                     elif text[i] == 0x5D:

@@ -43,7 +43,7 @@ def test_sync_literal_announced_then_completed(bytewise):
 
 
 @pytest.mark.parametrize("marker,kind,binary", [
-    (b"{3+}", LiteralKind.PLUS, False), (b"{3-}", LiteralKind.MINUS, False), (b"~{3}", LiteralKind.SYNC, True)])
+    (b"{3+}", LiteralKind.PLUS, False), (b"~{3}", LiteralKind.SYNC, True), (b"~{3+}", LiteralKind.PLUS, True)])
 def test_literal_kinds(marker, kind, binary, bytewise):
     data = b"a APPEND INBOX " + marker + b"\r\nabc\r\n"
     evs = events(data, bytewise=bytewise)
@@ -90,7 +90,7 @@ def test_oversized_sync_literal_is_refused_and_stream_continues(bytewise):
 def test_oversized_non_sync_literal_is_fatal():
     f = Framer(max_literal=1000)
     f.receive_data(b"a1 APPEND INBOX {999999+}\r\n")
-    with pytest.raises(FramingError, match="non-synchronizing"):
+    with pytest.raises(FramingError, match="literal of 999999 octets exceeds 1000"):
         f.next_event()
 
 
@@ -123,7 +123,8 @@ def test_garbage_bytes_frame_as_lines():
 @pytest.mark.parametrize("line,expected", [
     (b"a LOGIN {5}", (5, LiteralKind.SYNC, False)),
     (b"a LOGIN {5+}", (5, LiteralKind.PLUS, False)),
-    (b"x ~{12-}", (12, LiteralKind.MINUS, True)),
+    (b"x ~{12+}", (12, LiteralKind.PLUS, True)),
+    (b"x {12-}", None),  # RFC 7888 has no {N-}
     (b"a LOGIN {}", None),
     (b"a LOGIN {5a}", None),
     (b"a LOGIN 5}", None),
