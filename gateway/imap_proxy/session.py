@@ -31,7 +31,7 @@ from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabil
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
-from gateway.imap_proxy.relay import InFlightTable, UpstreamPacer
+from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.syntax import Atom, String
 from gateway.login import Failure, LoginRequest, LoginResult
@@ -59,6 +59,7 @@ class SessionLimits:
     preauth_max_literal: int = 8192  # before login nobody needs more than a password
     max_in_flight: int = 128
     max_login_failures: int = 3  # per connection, then BYE
+    max_response_line: int = 16 * 1024 * 1024  # SEARCH/THREAD/VANISHED of big mailboxes are long
     max_response_literal: int = 512 * 1024 * 1024
 
 
@@ -93,7 +94,7 @@ class ImapSession:
         self.state = SessionState.NOT_AUTHENTICATED
         self.client_framer = Framer(max_line=limits.max_line, max_literal=limits.preauth_max_literal,
                                     max_message=limits.preauth_max_literal * 2 + limits.max_line)
-        self.upstream_framer = Framer(max_line=limits.max_line, max_literal=limits.max_response_literal,
+        self.upstream_framer = Framer(max_line=limits.max_response_line, max_literal=limits.max_response_literal,
                                       announce_literals=False)
         self._sasl_tag: str | None = None  # AUTHENTICATE waiting for its client response line
         self._login_tag: str | None = None
@@ -106,8 +107,10 @@ class ImapSession:
         self.inflight = InFlightTable()
         self._pacer: UpstreamPacer | None = None
         self._upstream_caps: list[str] = []
-        self._idle_tag: str | None = None
-        self._logout_tag: str | None = None
+        self._idle_entry: InFlightEntry | None = None  # the IDLE command awaiting its tagged reply
+        self._idling = False  # IDLE relayed and DONE not yet seen: the next client line is DONE
+        self._logout_entry: InFlightEntry | None = None
+        self._provider_said_bye = False
         self._started = clock()
         self.bytes_from_client = 0
         self.bytes_to_client = 0
@@ -132,17 +135,15 @@ class ImapSession:
         while self.state is not SessionState.LOGOUT:
             try:
                 event = self.upstream_framer.next_event()
-            except ImapProtocolError as exc:
-                return out + self._upstream_broken(f"provider protocol error: {exc.message}")
-            if event is NEED_DATA:
-                break
-            if isinstance(event, EndOfStream):
-                out += self._upstream_lost()
-                break
-            try:
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, EndOfStream):
+                    out += self._upstream_lost()
+                    break
                 out += self._on_upstream_frame(event)
             except ImapProtocolError as exc:
-                return out + self._upstream_broken(f"provider protocol error: {exc.message}")
+                out += self._upstream_broken(f"provider protocol error: {exc.message}")
+                break
         return self._count_out(out)
 
     def tls_started(self) -> list:
@@ -155,6 +156,8 @@ class ImapSession:
         tag = self._login_tag or "*"
         self._login_tag = None
         out: list = []
+        if self.state is SessionState.LOGOUT:  # the connection ended while the login was out
+            return out
         if result.ok:
             self.person, self.offices, self.mailbox = result.person, result.offices, result.mailbox
             self._upstream_caps = filter_capabilities(list(upstream_capabilities or ()))
@@ -201,14 +204,24 @@ class ImapSession:
 
     @property
     def reading_paused(self) -> bool:
-        """True while the client must not be read (login out, or too many commands in flight)."""
-        return self.state is SessionState.AUTHENTICATING or len(self.inflight) >= self.limits.max_in_flight
+        """True while the client must not be read.
+
+        That is while a login is out, while the provider has not yet asked for a literal the
+        gateway holds (later commands would pile up in memory, literals and all), and while too
+        many commands are in flight — except during IDLE, when the client's next line is the
+        ``DONE`` that frees the table.
+        """
+        if self.state is SessionState.AUTHENTICATING:
+            return True
+        if self._pacer is not None and self._pacer.waiting_tag is not None:
+            return True
+        return len(self.inflight) >= self.limits.max_in_flight and not self._idling
 
     # ======================================================================= client side
     def _pump_client(self) -> list:
         out: list = []
         while self.state not in (SessionState.LOGOUT, SessionState.AUTHENTICATING):
-            if len(self.inflight) >= self.limits.max_in_flight:
+            if self.reading_paused:
                 break
             try:
                 event = self.client_framer.next_event()
@@ -235,7 +248,7 @@ class ImapSession:
     def _on_client_frame(self, frame: Frame) -> list:
         if self._sasl_tag is not None:
             return self._on_sasl_response(frame)
-        if self.state is SessionState.AUTHENTICATED and self._idle_tag is not None:
+        if self.state is SessionState.AUTHENTICATED and self._idling:
             return self._on_idle_line(frame)
         try:
             command = parse_command(frame)
@@ -273,9 +286,12 @@ class ImapSession:
         if self.tls_active or not self.starttls_available:
             return [act.SendToClient(b"%s BAD TLS is already active\r\n" % cmd.tag.encode())]
         leftover = self.client_framer.clear()
-        # RFC 2595 §3.1: nothing sent in clear after STARTTLS may be acted upon over TLS.
-        return [act.SendToClient(b"%s OK Begin TLS negotiation now\r\n" % cmd.tag.encode()),
-                act.StartTls(discarded=len(leftover))]
+        if leftover:
+            # RFC 2595 §3.1 / CVE-2011-0411: bytes sent in clear after STARTTLS must never be acted
+            # upon over TLS.  A client that pipelines there is broken or under attack: hang up.
+            return self._bye(b"Commands after STARTTLS must wait for the TLS handshake",
+                             reason="starttls_pipelining", log=f"{len(leftover)} octets pipelined after STARTTLS")
+        return [act.SendToClient(b"%s OK Begin TLS negotiation now\r\n" % cmd.tag.encode()), act.StartTls()]
 
     def _login_allowed(self, cmd: Command) -> list | None:
         if self.tls_active or self.plaintext_login:
@@ -345,20 +361,47 @@ class ImapSession:
                                % (cmd.tag.encode(), cmd.display_name.encode()))
         if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
             return self._reply(cmd, b"%s BAD Tag prefix reserved by the gateway\r\n" % cmd.tag.encode())
+        frame = cmd.frame
         if cmd.name == "ID":
             self._record_client_id(cmd)
-        elif cmd.name == "IDLE":
-            self._idle_tag = cmd.tag
+        elif cmd.name == "ENABLE":
+            frame = self._enable_frame(cmd)
+            if frame is None:
+                return self._reply(cmd, b"* ENABLED\r\n%s OK ENABLE completed\r\n" % cmd.tag.encode())
+        entry = self.inflight.add_relayed(cmd)
+        if cmd.name == "IDLE":
+            self._idle_entry, self._idling = entry, True
         elif cmd.name == "LOGOUT":
-            self._logout_tag = cmd.tag
-        self.inflight.add_relayed(cmd)
+            self._logout_entry = entry
         assert self._pacer is not None
-        return [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, cmd.frame)]
+        return [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, frame)]
+
+    def _enable_frame(self, cmd: Command) -> Frame | None:
+        """ENABLE only what the client was offered (RFC 5161: unknown capabilities are ignored).
+
+        The provider may support UTF8=ACCEPT or IMAP4rev2, but they change mailbox-name and
+        response syntax under the gateway's feet; the client never saw them, so they are dropped.
+        Returns the frame to relay (the original bytes when nothing was dropped), or None when
+        nothing is left to enable.
+        """
+        offered = {c.upper() for c in self._upstream_caps}
+        wanted = [str(a) for a in cmd.args if isinstance(a, Atom)]
+        kept = [a for a in wanted if a.upper() in offered]
+        if len(kept) == len(cmd.args):
+            return cmd.frame
+        if not kept:
+            return None
+        return Frame((b"%s ENABLE %s\r\n" % (cmd.tag.encode(), " ".join(kept).encode()),))
 
     def _on_idle_line(self, frame: Frame) -> list:
-        """RFC 2177: while idling the client sends only ``DONE``; forward it as it came."""
-        if frame.first_line.strip().upper() != b"DONE":
+        """RFC 2177: while idling the client sends only ``DONE``; forward it as it came.
+
+        Commands pipelined after DONE are ordinary commands again, even before the provider's
+        tagged reply to IDLE arrives.
+        """
+        if frame.literals or frame.first_line.upper() != b"DONE":
             return self._bye(b"Expected DONE to end IDLE", reason="client_idle_protocol")
+        self._idling = False
         return [act.SendToUpstream(frame.raw)]
 
     def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
@@ -371,13 +414,15 @@ class ImapSession:
         head = classify(frame)
         if head.kind is Kind.CONTINUATION:
             if self._pacer is not None and self._pacer.waiting_tag is not None:
-                return [act.SendToUpstream(c) for c in self._pacer.continuation()]
+                out = [act.SendToUpstream(c) for c in self._pacer.continuation()]
+                return out + self._pump_client()
             return [act.SendToClient(frame.raw)]
         if head.kind is Kind.UNTAGGED:
             if head.name == "CAPABILITY":
                 caps = frame.first_line.decode("latin-1").split()[2:]
                 return [act.SendToClient(b"* CAPABILITY %s\r\n" % " ".join(filter_capabilities(caps)).encode())]
             if head.name in ("OK", "NO", "BAD", "BYE", "PREAUTH"):
+                self._provider_said_bye |= head.name == "BYE"
                 return [act.SendToClient(self._rewrite_capability_code(frame))]
             return [act.SendToClient(frame.raw)]
         return self._on_tagged(head.tag or "", frame)
@@ -391,15 +436,15 @@ class ImapSession:
         data = self._rewrite_capability_code(frame)
         entry, released = self.inflight.complete(tag)
         out.append(act.SendToClient(data + released if released else data))
-        if tag == self._idle_tag:
-            self._idle_tag = None
-        if tag == self._logout_tag and entry is not None:
+        if entry is not None and entry is self._idle_entry:
+            self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
+        if entry is not None and entry is self._logout_entry:
             return out + self._finish("logout", send_bye=False)
         return out + self._pump_client()
 
     def _rewrite_capability_code(self, frame: Frame) -> bytes:
         """A status response with the provider's list filtered in a ``[CAPABILITY …]`` code."""
-        if b"[CAPABILITY " not in frame.lines[0][:64].upper():
+        if b"[CAPABILITY " not in frame.lines[0].upper():
             return frame.raw
         status = parse_status(frame)
         if status.code != "CAPABILITY":
@@ -411,8 +456,8 @@ class ImapSession:
     def _upstream_lost(self) -> list:
         if self.state is SessionState.LOGOUT:
             return []
-        if self._logout_tag is not None:
-            return self._finish("logout", send_bye=False)
+        if self._logout_entry is not None or self._provider_said_bye:
+            return self._finish("logout" if self._logout_entry else "provider_bye", send_bye=False)
         return self._bye(b"[UNAVAILABLE] Connection to the PEC provider was lost", reason="upstream_closed")
 
     def _upstream_broken(self, why: str) -> list:

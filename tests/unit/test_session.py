@@ -60,14 +60,21 @@ def test_login_before_starttls_is_refused():
     assert b"a2 NO [PRIVACYREQUIRED]" in sent(out)
 
 
-def test_starttls_discards_pipelined_cleartext():
+def test_starttls_then_capabilities_change():
     s = new_session(tls=False, starttls=True)
-    out = s.client_data(b"a1 STARTTLS\r\na2 LOGIN alice injected\r\n")
-    assert sent(out) == b"a1 OK Begin TLS negotiation now\r\n"
-    assert out[-1] == act.StartTls(discarded=len(b"a2 LOGIN alice injected\r\n"))
+    out = s.client_data(b"a1 STARTTLS\r\n")
+    assert sent(out) == b"a1 OK Begin TLS negotiation now\r\n" and out[-1] == act.StartTls()
     s.tls_started()
     caps = sent(s.client_data(b"a3 CAPABILITY\r\n"))
     assert b"AUTH=PLAIN" in caps and b"STARTTLS" not in caps and b"LOGINDISABLED" not in caps
+
+
+def test_cleartext_pipelined_after_starttls_ends_the_connection():
+    s = new_session(tls=False, starttls=True)
+    out = s.client_data(b"a1 STARTTLS\r\na2 LOGIN alice injected\r\n")
+    assert sent(out) == b"* BYE Commands after STARTTLS must wait for the TLS handshake\r\n"
+    assert not [a for a in out if isinstance(a, (act.StartTls, act.Login))]
+    assert isinstance(out[-1], act.Close)
 
 
 @pytest.mark.parametrize("data", [
