@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig, ListenerConfig
@@ -58,6 +59,8 @@ class Connection:
         self._resume = asyncio.Event()
         self._closed = False
         self.task: asyncio.Task | None = None
+        self._preauth_deadline = 0.0
+        self._upstream_activity = time.monotonic()
         peer = writer.get_extra_info("peername") or ("?", 0)
         cfg = services.config.imap
         self.session = ImapSession(
@@ -69,12 +72,12 @@ class Connection:
     async def run(self) -> None:
         self.s.sessions.add(self)
         self.task = asyncio.current_task()
+        self._preauth_deadline = time.monotonic() + self.s.config.imap.preauth_timeout_s
         try:
             await self._perform(self.session.connection_made())
             while not self._closed:
                 if self.session.reading_paused:
-                    self._resume.clear()
-                    await self._resume.wait()
+                    await self._wait_resumed()
                     continue
                 data = await self._read_client()
                 if data is None:
@@ -91,22 +94,49 @@ class Connection:
             self.s.sessions.discard(self)
 
     async def _read_client(self) -> bytes | None:
-        cfg = self.s.config.imap
-        timeout = cfg.idle_timeout_s if self.session.state is SessionState.AUTHENTICATED else cfg.preauth_timeout_s
+        """Read from the client; None after a timeout (the session has been told).
+
+        Before login the deadline is absolute, from the connection's start: a client that never
+        logs in cannot keep its slot by sending NOOPs.  After login it is the idle time.
+        """
+        authenticated = self.session.state is SessionState.AUTHENTICATED
+        if authenticated:
+            deadline = time.monotonic() + self.s.config.imap.idle_timeout_s
+        else:
+            deadline = self._preauth_deadline
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 return await self.reader.read(_READ_SIZE)
         except TimeoutError:
-            what = "idle" if self.session.state is SessionState.AUTHENTICATED else "preauth"
-            await self._perform(self.session.timed_out(what))
+            await self._perform(self.session.timed_out("idle" if authenticated else "preauth"))
             return None
+
+    async def _wait_resumed(self) -> None:
+        """Wait while the session does not want client data, but not for ever.
+
+        The client is not read meanwhile, so its disconnect goes unseen; if the provider also
+        stays silent for the idle time, the session is ended instead of living on.
+        """
+        idle = self.s.config.imap.idle_timeout_s
+        self._resume.clear()
+        while not self._resume.is_set():
+            try:
+                async with asyncio.timeout(idle):
+                    await self._resume.wait()
+            except TimeoutError:
+                if time.monotonic() - self._upstream_activity >= idle:
+                    await self._perform(self.session.timed_out("idle"))
+                    return
 
     async def _read_upstream(self) -> None:
         assert self.up is not None
         try:
             while not self._closed:
                 data = await self.up.reader.read(_READ_SIZE)
-                await self._perform(self.session.upstream_data(data))
+                self._upstream_activity = time.monotonic()
+                # Never wait here for the provider to take our writes: it may be blocked writing
+                # to us (a big FETCH) while we hold an upload for it — both would wait for ever.
+                await self._perform(self.session.upstream_data(data), drain_upstream=False)
                 if not self.session.reading_paused:
                     self._resume.set()
                 if not data:
@@ -121,14 +151,22 @@ class Connection:
             self._resume.set()
 
     # -- actions ---------------------------------------------------------------------------
-    async def _perform(self, actions: list) -> None:
+    async def _perform(self, actions: list, *, drain_upstream: bool = True) -> None:
+        """Carry out the session's actions in order, then wait for what was written to drain.
+
+        Only the writers written to are drained, and the provider reader never drains the
+        provider side (see ``_read_upstream``).
+        """
+        wrote_client = wrote_upstream = False
         for a in actions:
             if isinstance(a, act.SendToClient):
                 if not self._closed:
                     self.writer.write(a.data)
+                    wrote_client = True
             elif isinstance(a, act.SendToUpstream):
                 if self.up is not None and not self._closed:
                     self.up.writer.write(a.data)
+                    wrote_upstream = True
             elif isinstance(a, act.Audit):
                 self.s.audit.emit(a.event)
             elif isinstance(a, act.Log):
@@ -140,20 +178,31 @@ class Connection:
             elif isinstance(a, act.Close):
                 await self._close()
         if not self._closed:
-            await self._drain()
+            await self._drain(wrote_client, wrote_upstream and drain_upstream)
 
-    async def _drain(self) -> None:
+    async def _drain(self, client: bool, upstream: bool) -> None:
+        """Flow control: wait until the peer has taken what we wrote, within the idle time."""
         try:
-            await self.writer.drain()
-            if self.up is not None:
-                await self.up.writer.drain()
+            async with asyncio.timeout(self.s.config.imap.idle_timeout_s):
+                if client:
+                    await self.writer.drain()
+                if upstream and self.up is not None:
+                    await self.up.writer.drain()
+        except TimeoutError:
+            log.warning("session %s: peer not reading for the idle time; closing", self.session.session_id)
+            await self._perform(self.session.timed_out("idle"))
         except (ConnectionError, ssl.SSLError):
             pass  # the reader side notices and ends the session
 
     async def _start_tls(self, a: act.StartTls) -> None:
-        if a.discarded:
-            log.warning("session %s: discarded %d octets sent in clear after STARTTLS",
-                        self.session.session_id, a.discarded)
+        # The session refused if its framer held bytes sent after STARTTLS; bytes still in the
+        # stream reader's buffer are just as much cleartext (RFC 2595 §3.1, CVE-2011-0411).
+        buffered = len(getattr(self.reader, "_buffer", b""))
+        if buffered:
+            log.warning("session %s: %d octets pipelined in clear after STARTTLS; closing",
+                        self.session.session_id, buffered)
+            await self._perform(self.session.shutting_down())
+            return
         cfg = self.s.config.imap
         await self.writer.drain()
         ctx = server_tls_context(cfg.cert_file, cfg.key_file, cfg.tls_min_version)
@@ -165,6 +214,10 @@ class Connection:
         caps: list[str] = []
         if result.ok:
             result, caps = await self._open_upstream(result)
+        if self._closed and self.up is not None:  # the connection ended while logging in
+            self.up.writer.close()
+            self.up.writer.transport.abort()
+            return
         await self._perform(self.session.login_finished(result, caps))
         if result.ok and self.up is not None:
             self._up_task = asyncio.get_running_loop().create_task(self._read_upstream())

@@ -157,7 +157,9 @@ async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSessio
                 raise UpstreamError("protocol", f"unexpected greeting {greeting.status} {greeting.text[:200]}")
             if cfg.tls == "starttls":
                 await conv.simple("STARTTLS")
-                conv.framer.clear()
+                # Anything the provider sent after its OK came in clear: refuse to go on with it.
+                if conv.framer.clear() or len(getattr(reader, "_buffer", b"")):
+                    raise UpstreamError("protocol", "the provider sent data in clear after STARTTLS")
                 await writer.start_tls(ctx, server_hostname=server_name)
                 conv.capabilities = None
             if conv.capabilities is None:
