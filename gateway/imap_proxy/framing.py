@@ -95,12 +95,11 @@ class Frame:
     def raw(self) -> bytes:
         if not self.literals:
             return self.lines[0]
-        out = bytearray()
-        for i, lit in enumerate(self.literals):
-            out += self.lines[i]
-            out += lit
-        out += self.lines[-1]
-        return bytes(out)
+        parts: list[bytes] = []
+        for line, lit in zip(self.lines, self.literals):
+            parts += (line, lit)
+        parts.append(self.lines[-1])
+        return b"".join(parts)  # one copy (bytearray then bytes() made two)
 
     @property
     def first_line(self) -> bytes:
@@ -203,6 +202,15 @@ class Framer:
         if not data:
             self._eof = True
             return
+        if self._literal_left and not self._buf:
+            # Literal octets with nothing buffered before them: keep the received object itself
+            # instead of copying it into the buffer and out again.
+            data = bytes(data)  # no copy for bytes; a caller's bytearray must not be kept
+            n = min(self._literal_left, len(data))
+            self._add_literal_part(data if n == len(data) else data[:n])
+            data = data[n:]
+            if not data:
+                return
         self._buf += data
 
     def clear(self) -> bytes:
@@ -298,13 +306,20 @@ class Framer:
         if not self._buf:
             return False
         n = min(self._literal_left, len(self._buf))
-        self._literal_parts.append(bytes(self._buf[:n]))
+        with memoryview(self._buf) as view:
+            part = bytes(view[:n])  # one copy (bytes(bytearray slice) makes two)
         del self._buf[:n]
-        self._literal_left -= n
-        self._message_size += n
+        return self._add_literal_part(part)
+
+    def _add_literal_part(self, part: bytes) -> bool:
+        """Account for literal octets; True when the literal is complete."""
+        self._literal_parts.append(part)
+        self._literal_left -= len(part)
+        self._message_size += len(part)
         if self._literal_left:
             return False
-        self._literals.append(b"".join(self._literal_parts))
+        parts = self._literal_parts
+        self._literals.append(parts[0] if len(parts) == 1 else b"".join(parts))
         self._literal_parts = []
         return True
 

@@ -158,12 +158,14 @@ class Connection:
         provider side (see ``_read_upstream``).
         """
         wrote_client = wrote_upstream = False
+        to_client: list[bytes] = []  # consecutive client writes become one TLS write, one send()
         for a in actions:
             if isinstance(a, act.SendToClient):
-                if not self._closed:
-                    self.writer.write(a.data)
-                    wrote_client = True
-            elif isinstance(a, act.SendToUpstream):
+                to_client.append(a.data)
+                continue
+            if to_client:
+                wrote_client |= self._write_client(to_client)
+            if isinstance(a, act.SendToUpstream):
                 if self.up is not None and not self._closed:
                     self.up.writer.write(a.data)
                     wrote_upstream = True
@@ -177,8 +179,17 @@ class Connection:
                 await self._login(a)
             elif isinstance(a, act.Close):
                 await self._close()
+        if to_client:
+            wrote_client |= self._write_client(to_client)
         if not self._closed:
             await self._drain(wrote_client, wrote_upstream and drain_upstream)
+
+    def _write_client(self, parts: list[bytes]) -> bool:
+        written = not self._closed
+        if written:
+            self.writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        parts.clear()
+        return written
 
     async def _drain(self, client: bool, upstream: bool) -> None:
         """Flow control: wait until the peer has taken what we wrote, within the idle time."""
