@@ -1,0 +1,391 @@
+"""IMAP relay benchmark: the gateway against the Dovecot behind it, measured in the same run.
+
+Usage, from the repository root::
+
+    python bench/imap_relay.py [--messages N] [--size BYTES] [--small M] [--rounds R] [--noops K]
+                               [--loop asyncio|uvloop] [--profile PREFIX]
+
+What it does: starts a throwaway Dovecot (tests/fixtures/dovecot.py), seeds one PEC mailbox with
+N realistic PEC messages (``busta di trasporto`` with a signed envelope and a PDF-sized attachment)
+of about BYTES each plus M small receipts mixed in, starts a real gateway in front of it
+(tests/fixtures/gateway.py, static directory, log level WARNING), and then, R rounds, alternating
+the order direct/gateway each round to cancel drift:
+
+* bulk: a fresh connection, LOGIN, EXAMINE INBOX, then the timed ``UID FETCH 1:* BODY.PEEK[]``
+  from sending the command to reading its tagged OK;
+* latency: one connection, K sequential ``NOOP`` round trips, each timed.
+
+The measuring client (bench/imap_client.py) is a raw ``ssl`` socket in a separate process; see
+there why.  Before timing, one verification pass checks that the bytes received through the
+gateway equal the direct ones (SHA-256 of everything before the tagged OK), and every timed fetch
+checks its octet and literal counts against that pass.  CPU time per fetch of the client, the
+gateway's thread and all Dovecot processes (from ``/proc/<pid>/schedstat``) is reported next to
+the throughput, to tell a slow gateway from a machine with too few cores.
+
+Targets (issue 1): throughput through the gateway >= 0.8 x direct; median added NOOP latency
+<= 1 ms.  This is a script, not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import secrets
+import signal
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.imap_client import Worker  # noqa: E402  (needs ROOT on sys.path)
+
+THROUGHPUT_TARGET = 0.8  # gateway / direct
+LATENCY_TARGET_MS = 1.0  # median added NOOP round trip
+MB = 1_000_000
+
+def make_messages(address: str, count: int, size: int, small: int) -> tuple[list[bytes], int, int]:
+    """``count`` PEC buste of about ``size`` octets, ``small`` receipts interleaved evenly.
+
+    Returns the messages in mailbox order and the mean sizes of the large and the small ones."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from gateway.demo.pec_samples import (Invio, busta_trasporto, make_gestore, ricevuta_accettazione,
+                                          ricevuta_avvenuta_consegna)
+
+    gestore = make_gestore("posta-certificata@pec.example.it")
+    rome = ZoneInfo("Europe/Rome")
+    start = dt.datetime(2025, 3, 3, 8, 0, 0, tzinfo=rome)
+    fornitore = "amministrazione@pec.fornitore.example.it"
+
+    def invio(i: int, payload: bytes = b"") -> "Invio":
+        allegati = (((f"Fattura_{i:04d}_2025.pdf", "application/pdf", payload),) if payload else ())
+        return Invio(fornitore, (address,), f"Fattura n. {i}/2025 - documentazione allegata",
+                     start + dt.timedelta(minutes=7 * i),
+                     f"Buongiorno,\nin allegato la fattura n. {i}/2025 e la documentazione.\n"
+                     "Cordiali saluti,\nl'Amministrazione\n", allegati=allegati, seed="bench")
+
+    # base64 in 76-column CRLF lines: 57 octets of attachment become 78 octets of message.
+    overhead = len(busta_trasporto(invio(0, b"x"), gestore))
+    payload_len = max(1, (size - overhead) * 57 // 78)
+    big = [busta_trasporto(invio(i, os.urandom(payload_len)), gestore) for i in range(count)]
+    smalls = []
+    for j in range(small):
+        send = Invio(address, (f"ufficio{j}@pec.comune-esempio.example.it",), f"Istanza n. {j}/2025",
+                     start + dt.timedelta(minutes=11 * j), "Si trasmette l'istanza in oggetto.\n",
+                     seed="bench")
+        smalls.append(ricevuta_accettazione(send, gestore) if j % 2 == 0
+                      else ricevuta_avvenuta_consegna(send, send.destinatari[0], gestore))
+    big_mean = sum(map(len, big)) // len(big)
+    small_mean = sum(map(len, smalls)) // len(smalls) if smalls else 0
+    out: list[bytes] = []
+    every = max(1, count // small) if small else 0
+    for i, message in enumerate(big):
+        out.append(message)
+        if small and (i + 1) % every == 0 and smalls:
+            out.append(smalls.pop())
+    out.extend(smalls)
+    return out, big_mean, small_mean
+
+
+def start_gateway(stack: contextlib.ExitStack, workdir: Path, pki, dovecot, address: str,
+                  mailbox_password: str, user_password: str, loop: str = "asyncio"):
+    from gateway.auth.passwords import hash_password
+    from gateway.secret import Secret
+    from tests.fixtures.gateway import GatewayHarness, toml_value
+
+    users = workdir / "users.toml"
+    users.write_text(f"[users.bench]\npassword = {toml_value(hash_password(Secret(user_password)))}\n"
+                     f'groups = ["bench"]\n', encoding="utf-8")
+    h = GatewayHarness(workdir / "gw", pki)
+    h.vault.set("mailbox/bench", Secret(mailbox_password))
+    h.enroll("bench")
+    tables = h.base_tables(
+        directory={"backend": "static", "users_file": str(users)},
+        offices={"bench": {"groups": ["bench"]}},
+        mailboxes={"bench": {"address": address, "offices": ["bench"], "imap": {
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": address,
+            "ca_file": str(pki.ca_cert), "server_name": "localhost"}}},
+        imap={"listen_starttls": []},
+    )
+    tables["log_level"] = "WARNING"
+    if loop == "uvloop":  # an experiment: the gateway's loop from uvloop instead of asyncio's
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    h.start(tables)
+    stack.callback(h.stop)
+    return h
+
+
+class CpuMeter:
+    """CPU time (ns, from /proc/<pid>/schedstat) of the gateway's thread and of all Dovecot
+    processes (the process group of its master), to see who uses the machine's cores."""
+
+    def __init__(self, gateway_tid: int, dovecot_pgid: int) -> None:
+        self.gateway_tid = gateway_tid
+        self.dovecot_pgid = dovecot_pgid
+
+    @staticmethod
+    def _ns(path: str) -> int:
+        try:
+            with open(path) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _dovecot(self) -> dict[int, int]:
+        out = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.dovecot_pgid:
+                out[int(entry)] = self._ns(f"/proc/{entry}/schedstat")
+        return out
+
+    def snapshot(self) -> tuple[int, dict[int, int]]:
+        return self._ns(f"/proc/self/task/{self.gateway_tid}/schedstat"), self._dovecot()
+
+    @staticmethod
+    def delta(before, after) -> tuple[int, int]:
+        gateway = after[0] - before[0]
+        dovecot = sum(ns - before[1].get(pid, 0) for pid, ns in after[1].items())
+        return gateway, dovecot
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from tests.fixtures.dovecot import DovecotServer
+    from tests.fixtures.pki import make_pki
+
+    print("PEC gateway: IMAP relay benchmark (gateway vs. direct Dovecot, same run)")
+    print(f"machine: nproc={os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), "
+          f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
+          f"{platform.system()} {platform.release()}, {ssl.OPENSSL_VERSION}")
+    print(f"parameters: --messages {args.messages} --size {args.size} --small {args.small} "
+          f"--rounds {args.rounds} --noops {args.noops}"
+          + (f" --loop {args.loop}" if args.loop != "asyncio" else "")
+          + (f" --profile {args.profile}" if args.profile else ""))
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the "
+          f"machine makes the numbers noisy)")
+    if len(os.sched_getaffinity(0)) < 4:
+        print("note: fewer than 4 CPUs: client, gateway and Dovecot compete for cores, so the throughput "
+              "ratio also measures the gateway's CPU cost (see bench/README.md)")
+    sys.stdout.flush()
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-imap-")))
+        pki = make_pki(tmp / "pki")
+        t0 = time.monotonic()
+        dovecot = DovecotServer(pki)
+        dovecot.start()
+        stack.callback(dovecot.stop)
+        worker = Worker()
+        stack.callback(worker.stop)
+
+        address = "protocollo-bench@pec.example.it"
+        mailbox_password = secrets.token_urlsafe(12)
+        user_password = "bench-" + secrets.token_hex(8)
+        messages, big_mean, small_mean = make_messages(address, args.messages, args.size, args.small)
+        dovecot.add_mailbox(address, mailbox_password, {"INBOX": messages})
+        print(f"mailbox: {len(messages)} messages, {sum(map(len, messages)) / MB:.1f} MB "
+              f"({args.messages} PEC buste of ~{big_mean / 1024:.1f} KiB, {args.small} receipts of "
+              f"~{small_mean / 1024:.1f} KiB, interleaved); seeded in {time.monotonic() - t0:.1f} s")
+
+        gw = start_gateway(stack, tmp, pki, dovecot, address, mailbox_password, user_password, args.loop)
+        direct = {"port": dovecot.port, "ca_file": str(pki.ca_cert), "user": address,
+                  "password": mailbox_password}
+        via = {"port": gw.ports["implicit"], "ca_file": str(pki.ca_cert), "user": "bench",
+               "password": gw.credential("bench", user_password)}  # reused inside the trust window
+        targets = {"direct": direct, "gateway": via}
+
+        # -- verification pass (also warms Dovecot's and the kernel's caches) --------------
+        v_direct = worker.measure("verify", direct)
+        v_gw = worker.measure("verify", via)
+        same = v_direct == v_gw
+        print(f"verify: UID FETCH 1:* BODY.PEEK[] through the gateway "
+              f"{'==' if same else '!='} direct: {v_direct['literals']} literals, "
+              f"{v_direct['payload']:,} octets before the tagged OK, sha256 {v_direct['sha256'][:16]}"
+              + ("" if same else f" (gateway: {v_gw})"))
+        if not same:
+            print("ERROR: the gateway altered the bytes; timings would be meaningless")
+            return 1
+
+        import threading
+
+        gateway_tid = gw.call(_async(threading.get_native_id))
+        meter = CpuMeter(gateway_tid, int((dovecot.directory / "run" / "master.pid").read_text()))
+        profilers = {}
+        if args.profile:
+            import cProfile
+
+            profilers = {"fetch": cProfile.Profile(), "noop": cProfile.Profile()}
+
+        # -- rounds ------------------------------------------------------------------------
+        fetch = {"direct": [], "gateway": []}  # MB/s per round
+        cpu = {"direct": [], "gateway": []}  # per fetch: (wall, client, gateway, dovecot) ns
+        noops = {"direct": [], "gateway": []}  # ms, all samples
+        rows = []
+
+        def timed(name: str, what: str, job: str, target: dict, **kwargs) -> dict:
+            """Open a connection, run one timed job (CPU metered, gateway profiled if asked)."""
+            conn = worker.run("open", **target)
+            try:
+                profiler = profilers.get(what) if name == "gateway" else None
+                if profiler is not None:
+                    gw.call(_async(profiler.enable))
+                before = meter.snapshot()
+                res = worker.run(job, conn=conn, **kwargs)
+                res["gateway_cpu_ns"], res["dovecot_cpu_ns"] = meter.delta(before, meter.snapshot())
+                if profiler is not None:
+                    gw.call(_async(profiler.disable))
+                return res
+            finally:
+                worker.run("close", conn=conn)
+
+        for r in range(args.rounds):
+            order = ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")
+            row = {}
+            for name in order:
+                res = timed(name, "fetch", "fetch", targets[name])
+                if res["payload"] != v_direct["payload"] or res["literal_bytes"] != v_direct["literal_bytes"]:
+                    print(f"ERROR: round {r + 1} {name}: {res['payload']} octets, expected {v_direct['payload']}")
+                    return 1
+                fetch[name].append(res["payload"] / MB / (res["ns"] / 1e9))
+                cpu[name].append((res["ns"], res["cpu_ns"], res["gateway_cpu_ns"] if name == "gateway" else 0,
+                                  res["dovecot_cpu_ns"]))
+                row[name + "_mbps"] = fetch[name][-1]
+            for name in order:
+                res = timed(name, "noop", "noops", targets[name], count=args.noops, warmup=min(50, args.noops))
+                ms = [ns / 1e6 for ns in res["ns"]]
+                noops[name].extend(ms)
+                row[name + "_noop"] = statistics.median(ms)
+            rows.append(row)
+
+        # -- report ------------------------------------------------------------------------
+        print()
+        print("round   direct MB/s  gateway MB/s  ratio   NOOP direct ms  gateway ms  added ms")
+        for i, row in enumerate(rows, 1):
+            print(f"{i:>5}  {row['direct_mbps']:>11.1f}  {row['gateway_mbps']:>12.1f}  "
+                  f"{row['gateway_mbps'] / row['direct_mbps']:>5.2f}   {row['direct_noop']:>14.3f}  "
+                  f"{row['gateway_noop']:>10.3f}  {row['gateway_noop'] - row['direct_noop']:>8.3f}")
+
+        d_med, g_med = statistics.median(fetch["direct"]), statistics.median(fetch["gateway"])
+        ratio = g_med / d_med
+        print()
+        print(f"bulk UID FETCH 1:* BODY.PEEK[]: {v_direct['payload'] / MB:.1f} MB per fetch, "
+              f"{args.rounds} fetches each (MB = 10^6 octets; CPU from /proc/*/schedstat)")
+        ncpu = len(os.sched_getaffinity(0))
+        print("             median MB/s   best MB/s   wall ms   CPU ms per fetch: client  gateway  dovecot"
+              "   cores busy")
+        for name, med in (("direct", d_med), ("gateway", g_med)):
+            wall, client, gateway, dove = (statistics.median(x) / 1e6 for x in zip(*cpu[name]))
+            busy = statistics.median((c + g + d) / w for w, c, g, d in cpu[name])
+            gateway_text = f"{gateway:.0f}" if name == "gateway" else "-"
+            print(f"  {name:<9}  {med:>11.1f}   {max(fetch[name]):>9.1f}   {wall:>7.0f}   {'':>16} {client:>6.0f}"
+                  f"  {gateway_text:>7}  {dove:>7.0f}   {busy:.2f} of {ncpu}")
+        paired = [row["gateway_mbps"] / row["direct_mbps"] for row in rows]
+        print(f"  per-round ratios: median {statistics.median(paired):.2f}, range {min(paired):.2f}-{max(paired):.2f}")
+        print(f"  throughput ratio gateway/direct (median MB/s): {ratio:.2f}   "
+              f"target >= {THROUGHPUT_TARGET:.2f}   {_verdict(ratio >= THROUGHPUT_TARGET)}")
+
+        dn, gn = noops["direct"], noops["gateway"]
+        added = statistics.median(gn) - statistics.median(dn)
+        print()
+        print(f"NOOP round trip: {len(dn)} samples each ({args.rounds} x {args.noops}, one connection per round)")
+        print("             median ms   p95 ms")
+        print(f"  direct     {statistics.median(dn):>9.3f}   {_pct(dn, 0.95):>6.3f}")
+        print(f"  gateway    {statistics.median(gn):>9.3f}   {_pct(gn, 0.95):>6.3f}")
+        print(f"  median added latency (gateway - direct): {added:.3f} ms   "
+              f"target <= {LATENCY_TARGET_MS:.3f} ms   {_verdict(added <= LATENCY_TARGET_MS)}")
+
+        if profilers:
+            import pstats
+
+            print()
+            print("(timings above are slowed down by the profiler)")
+            for what, profiler in profilers.items():
+                path = f"{args.profile}-{what}.pstats"
+                profiler.dump_stats(path)
+                print(f"\n== gateway thread profile during the gateway {what} measurements -> {path}")
+                pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile_top)
+    return 0
+
+
+def _async(fn):
+    """A coroutine function calling ``fn`` on the gateway's loop thread (cProfile is per thread)."""
+
+    async def call():
+        return fn()
+
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=300,
+                   help="large messages (PEC buste) in the mailbox (default 300)")
+    p.add_argument("--size", type=int, default=64 * 1024,
+                   help="approximate size of a large message in octets (default 65536)")
+    p.add_argument("--small", type=int, default=None,
+                   help="small receipts mixed in among them (default: messages / 4)")
+    p.add_argument("--rounds", type=int, default=15,
+                   help="rounds of direct + gateway measurements, order alternating (default 15)")
+    p.add_argument("--noops", type=int, default=500,
+                   help="timed NOOP round trips per connection per round (default 500)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the gateway's event loop (uvloop: an experiment, needs 'pip install uvloop')")
+    p.add_argument("--profile", metavar="PREFIX",
+                   help="cProfile the gateway thread during its timed measurements; writes "
+                        "PREFIX-fetch.pstats and PREFIX-noop.pstats (slows the gateway down)")
+    p.add_argument("--profile-top", type=int, default=20, metavar="N",
+                   help="functions to print per profile (default 20)")
+    args = p.parse_args(argv)
+    if args.small is None:
+        args.small = args.messages // 4
+    if args.messages < 1 or args.size < 1024 or args.rounds < 1 or args.noops < 1 or args.small < 0:
+        p.error("need --messages >= 1, --size >= 1024, --rounds >= 1, --noops >= 1, --small >= 0")
+
+    def terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so every server is stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
