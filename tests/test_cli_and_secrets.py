@@ -9,7 +9,6 @@ credential, and the OTP secret.
 from __future__ import annotations
 
 import imaplib
-import os
 import signal
 import subprocess
 import sys
@@ -41,15 +40,20 @@ def test_bad_config_exits_non_zero_naming_file_and_key(tmp_path):
     assert proc.returncode == 2 and "missing.toml: file not found" in proc.stderr
 
 
-def test_check_config_reports_missing_vault_entries(tmp_path, pki):
+def offline_config(tmp_path, pki) -> tuple[GatewayHarness, Path]:
+    """A config on disk with an empty static directory and one mailbox nobody can reach."""
     h = GatewayHarness(tmp_path / "gw", pki)
     users = tmp_path / "users.toml"
     users.write_text("")
     tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           offices={"o": {"members": ["x"]}},
+                           offices={"o": {"members": ["alice"]}},
                            mailboxes={"m": {"address": "m@pec.example.it", "offices": ["o"],
                                             "imap": {"host": "localhost", "username": "m"}}})
-    cfg = write_gateway_config(tmp_path / "gw.toml", tables)
+    return h, write_gateway_config(tmp_path / "gw.toml", tables)
+
+
+def test_check_config_reports_missing_vault_entries(tmp_path, pki):
+    h, cfg = offline_config(tmp_path, pki)
     proc = pecgw("check-config", "--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "warning: mailbox m: no password in the vault (pecgw vault set m)" in proc.stdout
@@ -125,14 +129,7 @@ def test_serve_relays_and_no_secret_leaks(served, slapd, pec_mailbox):
 
 
 def test_otp_enroll_prints_qr_and_uri_and_writes_png(tmp_path, pki):
-    h = GatewayHarness(tmp_path / "gw", pki)
-    users = tmp_path / "users.toml"
-    users.write_text("")
-    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           offices={"o": {"members": ["alice"]}},
-                           mailboxes={"m": {"address": "m@pec.example.it", "offices": ["o"],
-                                            "imap": {"host": "localhost", "username": "m"}}})
-    cfg = write_gateway_config(tmp_path / "gw.toml", tables)
+    h, cfg = offline_config(tmp_path, pki)
     png = tmp_path / "alice.png"
     proc = pecgw("otp", "enroll", "alice", "--config", str(cfg), "--png", str(png))
     assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,6 @@ and a fresh gateway whose vault holds that mailbox's password and the people's O
 
 from __future__ import annotations
 
-import base64
 import imaplib
 import re
 import socket

@@ -16,46 +16,10 @@ import pytest
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy import server as server_mod
 from gateway.imap_proxy.framing import NEED_DATA, Frame, Framer, LiteralRefused
-from gateway.imap_proxy.session import ImapSession, SessionLimits, SessionState
+from gateway.imap_proxy.session import SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
+from tests.unit.transcript import UPSTREAM_CAPS, closes, feed, logged_in, new_session, sent
 
-UPSTREAM_CAPS = ["IMAP4rev1", "LITERAL+", "IDLE", "MOVE", "UIDPLUS", "ENABLE", "COMPRESS=DEFLATE", "AUTH=PLAIN"]
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def sent(actions, kind=act.SendToClient) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, kind))
-
-
-def closes(actions) -> list:
-    return [a for a in actions if isinstance(a, act.Close)]
-
-
-def new_session(tls=True, starttls=False, **kw) -> ImapSession:
-    s = ImapSession(session_id="s1", client_ip="192.0.2.7", tls_active=tls, starttls_available=starttls, **kw)
-    s.connection_made()
-    return s
-
-
-def logged_in(upstream_caps=UPSTREAM_CAPS, **kw) -> ImapSession:
-    s = new_session(**kw)
-    s.client_data(b"a0 LOGIN alice pw123456\r\n")
-    s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo"), upstream_caps)
-    return s
-
-
-def feed(session: ImapSession, data: bytes, *, bytewise: bool) -> list:
-    if not bytewise:
-        return session.client_data(data)
-    out = []
-    for i in range(len(data)):
-        out += session.client_data(data[i:i + 1])
-    return out
-
-
-@pytest.fixture(params=[False, True], ids=["whole", "bytewise"])
-def bytewise(request):
-    return request.param
 
 
 # ================================================================ 1. command smuggling (HIGH, security)

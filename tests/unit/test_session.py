@@ -5,44 +5,8 @@ import pytest
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.session import ImapSession, SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
+from tests.unit.transcript import UPSTREAM_CAPS, audits, feed, logged_in, new_session, sent
 
-UPSTREAM_CAPS = ["IMAP4rev1", "SASL-IR", "LITERAL+", "IDLE", "MOVE", "COMPRESS=DEFLATE", "AUTH=PLAIN", "UIDPLUS"]
-
-
-def sent(actions, kind=act.SendToClient) -> bytes:
-    return b"".join(a.data for a in actions if isinstance(a, kind))
-
-
-def audits(actions):
-    return [a.event for a in actions if isinstance(a, act.Audit)]
-
-
-def new_session(tls=True, starttls=False, **kw) -> ImapSession:
-    s = ImapSession(session_id="s1", client_ip="192.0.2.7", tls_active=tls, starttls_available=starttls, **kw)
-    s.connection_made()
-    return s
-
-
-def feed(session: ImapSession, data: bytes, *, bytewise: bool) -> list:
-    if not bytewise:
-        return session.client_data(data)
-    out = []
-    for i in range(len(data)):
-        out += session.client_data(data[i:i + 1])
-    return out
-
-
-def logged_in(upstream_caps=UPSTREAM_CAPS, **kw) -> ImapSession:
-    s = new_session(**kw)
-    s.client_data(b"a0 LOGIN alice pw123456\r\n")
-    s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo", reason="ok"),
-                     upstream_caps)
-    return s
-
-
-@pytest.fixture(params=[False, True], ids=["whole", "bytewise"])
-def bytewise(request):
-    return request.param
 
 
 def test_greeting_lists_preauth_capabilities():
@@ -124,7 +88,7 @@ def test_login_ok_carries_filtered_upstream_capabilities():
     s = new_session()
     s.client_data(b"a1 LOGIN alice pw123456\r\n")
     out = s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo"), UPSTREAM_CAPS)
-    assert sent(out) == b"a1 OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE MOVE UIDPLUS] Logged in\r\n"
+    assert sent(out) == b"a1 OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE MOVE UIDPLUS ENABLE] Logged in\r\n"
     (event,) = audits(out)
     assert (event.action, event.person, event.mailbox, event.offices, event.client_ip) == (
         "login", "alice", "protocollo", ("legale",), "192.0.2.7")

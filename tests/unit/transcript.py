@@ -1,0 +1,49 @@
+"""Helpers for driving the pure IMAP session with transcripts: bytes in, actions out."""
+
+from __future__ import annotations
+
+from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.session import ImapSession
+from gateway.login import LoginResult
+
+#: What a Dovecot-like provider advertises after login (before the gateway filters it).
+UPSTREAM_CAPS = ["IMAP4rev1", "SASL-IR", "LITERAL+", "IDLE", "MOVE", "UIDPLUS", "ENABLE", "COMPRESS=DEFLATE",
+                 "AUTH=PLAIN"]
+
+
+def sent(actions, kind=act.SendToClient) -> bytes:
+    """The bytes of every action of ``kind`` (client or provider writes), concatenated."""
+    return b"".join(a.data for a in actions if isinstance(a, kind))
+
+
+def audits(actions) -> list:
+    return [a.event for a in actions if isinstance(a, act.Audit)]
+
+
+def closes(actions) -> list:
+    return [a for a in actions if isinstance(a, act.Close)]
+
+
+def new_session(tls=True, starttls=False, **kw) -> ImapSession:
+    s = ImapSession(session_id="s1", client_ip="192.0.2.7", tls_active=tls, starttls_available=starttls, **kw)
+    s.connection_made()
+    return s
+
+
+def logged_in(upstream_caps=UPSTREAM_CAPS, **kw) -> ImapSession:
+    """A session for alice on mailbox protocollo, relaying to a provider with ``upstream_caps``."""
+    s = new_session(**kw)
+    s.client_data(b"a0 LOGIN alice pw123456\r\n")
+    s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo", reason="ok"),
+                     upstream_caps)
+    return s
+
+
+def feed(session: ImapSession, data: bytes, *, bytewise: bool) -> list:
+    """Feed ``data`` whole, or one octet at a time (h11's tr() idea)."""
+    if not bytewise:
+        return session.client_data(data)
+    out = []
+    for i in range(len(data)):
+        out += session.client_data(data[i:i + 1])
+    return out
