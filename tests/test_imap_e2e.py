@@ -347,3 +347,38 @@ def test_silent_provider_times_out_with_unavailable(tmp_path, pki, slapd, pec_ma
     finally:
         h.stop()
         silent.close()
+
+
+def _exchange(sock, data: bytes, tag: bytes) -> bytes:
+    """Send raw bytes and read until the tagged reply for ``tag``."""
+    sock.sendall(data)
+    out = b""
+    while not re.search(rb"(^|\r\n)" + re.escape(tag) + rb" (OK|NO|BAD)[^\r\n]*\r\n", out):
+        chunk = sock.recv(65536)
+        assert chunk, out
+        out += chunk
+    return out
+
+
+def test_extensions_pass_through(gw):
+    """ENABLE, QRESYNC/CONDSTORE, NAMESPACE, ID, SPECIAL-USE, MOVE and UID EXPUNGE reach Dovecot and back."""
+    s = _raw_tls(gw)
+    cred = gw.credential("alice", "alice-password").encode()
+    assert b"x1 OK [CAPABILITY" in _exchange(s, b"x1 LOGIN alice " + cred + b"\r\n", b"x1")
+    out = _exchange(s, b"x2 ENABLE QRESYNC UTF8=ACCEPT\r\n", b"x2")
+    assert b"* ENABLED QRESYNC" in out and b"UTF8" not in out  # UTF8=ACCEPT was never offered
+    assert b'* NAMESPACE (("" "/"))' in _exchange(s, b"x3 NAMESPACE\r\n", b"x3")
+    assert b'* ID ("name" "Dovecot")' in _exchange(s, b'x4 ID ("name" "raw-test")\r\n', b"x4")
+    out = _exchange(s, b'x5 LIST "" "*" RETURN (SPECIAL-USE)\r\n', b"x5")
+    assert b"\\Sent" in out and b"\\Trash" in out and b"Contabilit&AOA-" in out
+    out = _exchange(s, b"x6 SELECT INBOX (CONDSTORE)\r\n", b"x6")
+    assert b"[HIGHESTMODSEQ " in out and b"x6 OK [READ-WRITE]" in out
+    out = _exchange(s, b"x7 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)\r\n", b"x7")
+    assert b"MODSEQ (" in out
+    out = _exchange(s, b"x8 UID MOVE 2 Trash\r\n", b"x8")
+    assert b"[COPYUID " in out and b"* VANISHED 2" in out  # QRESYNC turns EXPUNGE into VANISHED
+    _exchange(s, b"x9 UID STORE 3 +FLAGS.SILENT (\\Deleted)\r\n", b"x9")
+    assert b"* VANISHED 3" in _exchange(s, b"y1 UID EXPUNGE 3\r\n", b"y1")
+    assert b"y2 OK" in _exchange(s, b"y2 UNSELECT\r\n", b"y2")
+    assert b"* BYE" in _exchange(s, b"y3 LOGOUT\r\n", b"y3")
+    s.close()
