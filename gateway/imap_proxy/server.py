@@ -49,13 +49,19 @@ class Services:
 
 
 class Connection:
-    """Drives one client connection and, after login, its provider connection."""
+    """Drives one client connection and, after login, its provider connection.
+
+    The client is read by the task in :meth:`run`.  The provider is not read by a task: its
+    :class:`~gateway.imap_proxy.provider_link.ProviderLink` calls :meth:`_on_upstream_data` for
+    every chunk, which feeds the session and writes the replies to the client at once.
+    """
 
     def __init__(self, services: Services, listener: ListenerConfig, reader, writer) -> None:
         self.s = services
         self.reader, self.writer = reader, writer
         self.up: UpstreamSession | None = None
-        self._up_task: asyncio.Task | None = None
+        self._client_drain: asyncio.Task | None = None  # set while provider reading is paused
+        self._tasks: set[asyncio.Task] = set()  # work the provider callback could not finish itself
         self._resume = asyncio.Event()
         self._closed = False
         self.task: asyncio.Task | None = None
@@ -128,61 +134,111 @@ class Connection:
                     await self._perform(self.session.timed_out("idle"))
                     return
 
-    async def _read_upstream(self) -> None:
-        assert self.up is not None
+    def _on_upstream_data(self, data: bytes) -> None:
+        """Provider bytes (``b""`` at the end), called synchronously by the provider link.
+
+        The session's replies are written to the client right here, with no task in between.
+        Nothing here waits for the provider to take our writes: it may be blocked writing to us
+        (a big FETCH) while we hold an upload for it — both would wait for ever.  If the client
+        is not keeping up, the provider is paused until the client has drained.
+        """
+        self._upstream_activity = time.monotonic()
+        if not data and self.up is not None and self.up.link.exception is not None:
+            log.warning("session %s: provider connection failed: %s", self.session.session_id,
+                        type(self.up.link.exception).__name__)
         try:
-            while not self._closed:
-                data = await self.up.reader.read(_READ_SIZE)
-                self._upstream_activity = time.monotonic()
-                # Never wait here for the provider to take our writes: it may be blocked writing
-                # to us (a big FETCH) while we hold an upload for it — both would wait for ever.
-                await self._perform(self.session.upstream_data(data), drain_upstream=False)
-                if not self.session.reading_paused:
-                    self._resume.set()
-                if not data:
-                    break
-        except (ConnectionError, ssl.SSLError) as exc:
-            log.warning("session %s: provider connection failed: %s", self.session.session_id, type(exc).__name__)
-            await self._perform(self.session.upstream_data(b""))
+            actions = self.session.upstream_data(data)
+            done, wrote_client, _ = self._apply(actions)
         except Exception:
             log.exception("session %s: internal error in the provider reader", self.session.session_id)
-            await self._perform(self.session.client_closed())
-        finally:
+            actions, done, wrote_client = self.session.client_closed(), 0, False
+        if done < len(actions):  # e.g. Close: finish in order in a task
+            self._spawn(self._perform(actions[done:], drain_upstream=False))
+        elif wrote_client and self._client_drain is None and not self._closed:
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
+                self.up.link.pause_reading()
+                self._client_drain = self._spawn(self._drain_client_then_resume())
+        if not data or not self.session.reading_paused:
             self._resume.set()
+
+    async def _drain_client_then_resume(self) -> None:
+        try:
+            await self._drain(True, False)
+        finally:
+            self._client_drain = None
+            if not self._closed and self.up is not None:
+                self.up.link.resume_reading()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guarded(self, coro) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("session %s: internal error after provider data", self.session.session_id)
+            await self._close()
 
     # -- actions ---------------------------------------------------------------------------
     async def _perform(self, actions: list, *, drain_upstream: bool = True) -> None:
         """Carry out the session's actions in order, then wait for what was written to drain.
 
-        Only the writers written to are drained, and the provider reader never drains the
-        provider side (see ``_read_upstream``).
+        Only the writers written to are drained, and the provider callback never drains the
+        provider side (see ``_on_upstream_data``).
         """
         wrote_client = wrote_upstream = False
-        to_client: list[bytes] = []  # consecutive client writes become one TLS write, one send()
-        for a in actions:
-            if isinstance(a, act.SendToClient):
-                to_client.append(a.data)
-                continue
-            if to_client:
-                wrote_client |= self._write_client(to_client)
-            if isinstance(a, act.SendToUpstream):
-                if self.up is not None and not self._closed:
-                    self.up.writer.write(a.data)
-                    wrote_upstream = True
-            elif isinstance(a, act.Audit):
-                self.s.audit.emit(a.event)
-            elif isinstance(a, act.Log):
-                log.warning("session %s: %s", self.session.session_id, a.message)
-            elif isinstance(a, act.StartTls):
+        i = 0
+        while True:
+            i, client, upstream = self._apply(actions, i)
+            wrote_client |= client
+            wrote_upstream |= upstream
+            if i >= len(actions):
+                break
+            a = actions[i]
+            i += 1
+            if isinstance(a, act.StartTls):
                 await self._start_tls(a)
             elif isinstance(a, act.Login):
                 await self._login(a)
             elif isinstance(a, act.Close):
                 await self._close()
-        if to_client:
-            wrote_client |= self._write_client(to_client)
         if not self._closed:
             await self._drain(wrote_client, wrote_upstream and drain_upstream)
+
+    def _apply(self, actions: list, i: int = 0) -> tuple[int, bool, bool]:
+        """Carry out ``actions[i:]`` up to the first one that must be awaited.
+
+        Returns where it stopped and whether the client / the provider was written to.
+        """
+        wrote_client = wrote_upstream = False
+        to_client: list[bytes] = []  # consecutive client writes become one TLS write, one send()
+        n = len(actions)
+        while i < n:
+            a = actions[i]
+            if type(a) is act.SendToClient:
+                to_client.append(a.data)
+                i += 1
+                continue
+            if to_client:
+                wrote_client |= self._write_client(to_client)
+            if isinstance(a, act.SendToUpstream):
+                if self.up is not None and not self._closed:
+                    self.up.link.write(a.data)
+                    wrote_upstream = True
+            elif isinstance(a, act.Audit):
+                self.s.audit.emit(a.event)
+            elif isinstance(a, act.Log):
+                log.warning("session %s: %s", self.session.session_id, a.message)
+            else:
+                break
+            i += 1
+        if to_client:
+            wrote_client |= self._write_client(to_client)
+        return i, wrote_client, wrote_upstream
 
     def _write_client(self, parts: list[bytes]) -> bool:
         written = not self._closed
@@ -198,7 +254,7 @@ class Connection:
                 if client:
                     await self.writer.drain()
                 if upstream and self.up is not None:
-                    await self.up.writer.drain()
+                    await self.up.link.drain()
         except TimeoutError:
             log.warning("session %s: peer not reading for the idle time; closing", self.session.session_id)
             await self._perform(self.session.timed_out("idle"))
@@ -226,14 +282,13 @@ class Connection:
         if result.ok:
             result, caps = await self._open_upstream(result)
         if self._closed and self.up is not None:  # the connection ended while logging in
-            self.up.writer.close()
-            self.up.writer.transport.abort()
+            self.up.link.close()
+            self.up.link.transport.abort()
             return
         await self._perform(self.session.login_finished(result, caps))
         if result.ok and self.up is not None:
-            self._up_task = asyncio.get_running_loop().create_task(self._read_upstream())
-            if self.up.leftover:
-                await self._perform(self.session.upstream_data(self.up.leftover))
+            # Bytes the provider sent meanwhile wait in the link; attach() hands them over first.
+            self.up.link.attach(self._on_upstream_data, first=self.up.leftover)
 
     async def _open_upstream(self, result: LoginResult) -> tuple[LoginResult, list[str]]:
         mailbox = self.s.config.mailboxes[result.mailbox]
@@ -261,7 +316,7 @@ class Connection:
             return
         self._closed = True
         self._resume.set()
-        for w in (self.writer, self.up.writer if self.up else None):
+        for w in (self.writer, self.up.link if self.up else None):
             if w is None:
                 continue
             try:
@@ -272,7 +327,7 @@ class Connection:
                 pass
             finally:
                 w.transport.abort()  # no-op once closed; a peer ignoring close_notify must not hold us
-        task = self._up_task
+        task = self._client_drain
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
 

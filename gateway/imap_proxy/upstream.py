@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gateway.config import UpstreamConfig
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer
+from gateway.imap_proxy.provider_link import ProviderLink
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.session import GATEWAY_TAG_PREFIX
 from gateway.secret import Secret
@@ -37,10 +38,9 @@ class UpstreamError(Exception):
 class UpstreamSession:
     """An authenticated provider connection, ready to relay."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    link: ProviderLink
     capabilities: list[str]
-    leftover: bytes  # bytes received after the LOGIN reply, for the relay to process first
+    leftover: bytes  # what the login framer held after the last reply: ``link.attach(first=...)``
 
 
 def client_tls_context(ca_file) -> ssl.SSLContext:
@@ -53,8 +53,8 @@ def client_tls_context(ca_file) -> ssl.SSLContext:
 class _Conversation:
     """Reads provider responses frame by frame for the gateway's own commands."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, link: ProviderLink) -> None:
+        self.link = link
         self.framer = Framer(max_line=65536, max_literal=1024 * 1024, announce_literals=False)
         self.capabilities: list[str] | None = None
         self._n = 0
@@ -72,7 +72,7 @@ class _Conversation:
             if isinstance(event, EndOfStream):
                 raise UpstreamError("protocol", "the provider closed the connection")
             assert event is NEED_DATA
-            data = await self.reader.read(65536)
+            data = await self.link.read()
             self.framer.receive_data(data)
 
     def _note_capabilities(self, frame: Frame) -> None:
@@ -103,7 +103,7 @@ class _Conversation:
 
     async def simple(self, command: str) -> None:
         tag = self.next_tag()
-        self.writer.write(f"{tag} {command}\r\n".encode())
+        self.link.write(f"{tag} {command}\r\n".encode())
         status = await self.tagged(tag)
         if status.status != "OK":
             raise UpstreamError("protocol", f"{command} refused by the provider: {status.text[:200]}")
@@ -115,16 +115,16 @@ async def _login(conv: _Conversation, username: str, password: Secret) -> None:
     tag = conv.next_tag()
     plus = any(c.upper() == "LITERAL+" for c in conv.capabilities or ())
     if plus:
-        conv.writer.write(b"%s LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (tag.encode(), len(user), user, len(secret), secret))
+        conv.link.write(b"%s LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (tag.encode(), len(user), user, len(secret), secret))
         pending: list[bytes] = []
     else:
-        conv.writer.write(b"%s LOGIN {%d}\r\n" % (tag.encode(), len(user)))
+        conv.link.write(b"%s LOGIN {%d}\r\n" % (tag.encode(), len(user)))
         pending = [user + b" {%d}\r\n" % len(secret), secret + b"\r\n"]
 
     async def send_next() -> None:
         if not pending:
             raise UpstreamError("protocol", "unexpected continuation request during LOGIN")
-        conv.writer.write(pending.pop(0))
+        conv.link.write(pending.pop(0))
 
     del secret
     status = await conv.tagged(tag, on_continuation=send_next)
@@ -137,19 +137,19 @@ async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSessio
     """Connect, verify TLS, log in; raises :class:`UpstreamError` (never with the password)."""
     ctx = client_tls_context(cfg.ca_file)
     server_name = cfg.server_name or cfg.host
+    loop = asyncio.get_running_loop()
+    link = ProviderLink()
+    tls = {"ssl": ctx, "server_hostname": server_name} if cfg.tls == "implicit" else {}
     try:
         async with asyncio.timeout(cfg.connect_timeout_s):
-            if cfg.tls == "implicit":
-                reader, writer = await asyncio.open_connection(cfg.host, cfg.port, ssl=ctx, server_hostname=server_name)
-            else:
-                reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
+            await loop.create_connection(lambda: link, cfg.host, cfg.port, **tls)
     except TimeoutError:
         raise UpstreamError("timeout", f"connecting to {cfg.host}:{cfg.port} timed out") from None
     except ssl.SSLError as exc:
         raise UpstreamError("tls", f"TLS with {cfg.host}:{cfg.port} failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise UpstreamError("unreachable", f"cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-    conv = _Conversation(reader, writer)
+    conv = _Conversation(link)
     try:
         async with asyncio.timeout(cfg.login_timeout_s):
             greeting = parse_status(await conv.frame())
@@ -158,9 +158,9 @@ async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSessio
             if cfg.tls == "starttls":
                 await conv.simple("STARTTLS")
                 # Anything the provider sent after its OK came in clear: refuse to go on with it.
-                if conv.framer.clear() or len(getattr(reader, "_buffer", b"")):
+                if conv.framer.clear() or link.buffered:
                     raise UpstreamError("protocol", "the provider sent data in clear after STARTTLS")
-                await writer.start_tls(ctx, server_hostname=server_name)
+                await link.start_tls(ctx, server_hostname=server_name)
                 conv.capabilities = None
             if conv.capabilities is None:
                 await conv.simple("CAPABILITY")
@@ -170,19 +170,19 @@ async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSessio
                 conv.capabilities = None
                 await conv.simple("CAPABILITY")
     except TimeoutError:
-        writer.close()
+        link.close()
         raise UpstreamError("timeout", f"login at {cfg.host}:{cfg.port} timed out") from None
     except ssl.SSLError as exc:
-        writer.close()
+        link.close()
         raise UpstreamError("tls", f"TLS with {cfg.host}:{cfg.port} failed: {exc.reason or exc}") from None
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        writer.close()
+    except OSError as exc:
+        link.close()
         raise UpstreamError("unreachable", f"connection to {cfg.host}:{cfg.port} failed: {exc}") from None
     except UpstreamError:
-        writer.close()
+        link.close()
         raise
     except Exception as exc:  # a parse error in what the provider sent
-        writer.close()
+        link.close()
         raise UpstreamError("protocol", f"unexpected reply from {cfg.host}:{cfg.port}: {type(exc).__name__}") from None
     leftover = conv.framer.clear()
-    return UpstreamSession(reader, writer, list(conv.capabilities or ()), leftover)
+    return UpstreamSession(link, list(conv.capabilities or ()), leftover)

@@ -4,7 +4,8 @@ Each test pins one way a client or provider could break the relay: bytes that a 
 would read as a second command, flow-control deadlocks, memory that could grow without bound,
 timers that could be dodged.  Session and framer tests feed bytes and assert on actions, like
 ``test_session.py`` and ``test_framing.py``; the few cases that live in ``server.py`` are driven
-with an in-memory ``asyncio.StreamReader`` and a fake writer: no sockets, no TLS, no provider.
+with an in-memory ``asyncio.StreamReader`` and a fake writer for the client, and a real
+``ProviderLink`` on a fake transport for the provider: no sockets, no TLS, no provider.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from gateway.imap_proxy import server as server_mod
 from gateway.imap_proxy.framing import NEED_DATA, Frame, Framer, LiteralRefused
 from gateway.imap_proxy.session import SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
+from tests.unit.fake_provider import provider_link, provider_sends
 from tests.unit.transcript import UPSTREAM_CAPS, closes, feed, logged_in, new_session, sent
 
 
@@ -206,7 +208,8 @@ class FakeWriter:
         self.high_water = high_water
         self.closed = False
         self.tls_started = 0
-        self.transport = SimpleNamespace(abort=lambda: None)
+        self.transport = SimpleNamespace(abort=lambda: None, get_write_buffer_size=lambda: self.pending,
+                                         get_write_buffer_limits=lambda: (0, self.high_water or 64 * 1024))
 
     def get_extra_info(self, name, default=None):
         return ("192.0.2.7", 40000) if name == "peername" else default
@@ -275,26 +278,50 @@ async def test_cleartext_already_in_the_stream_reader_is_not_used_after_starttls
 
 
 async def test_provider_output_keeps_flowing_while_an_upload_waits_for_the_provider():
-    """The provider reader task drains *both* writers after every chunk.  With a large APPEND
+    """The provider reader task drained *both* writers after every chunk.  With a large APPEND
     pending toward the provider (upstream buffer above its high-water mark) and the provider
     busy writing an earlier FETCH (Dovecot does not read input while its output is blocked), the
     task waits for the provider to read while the provider waits for the gateway to read:
     deadlock, with no timer to end it.  Reproduced through the real gateway + Dovecot with a
-    pipelined ``UID FETCH 1:* BODY.PEEK[]`` (60 MB) + ``APPEND {20000000+}`` (timing-dependent)."""
+    pipelined ``UID FETCH 1:* BODY.PEEK[]`` (60 MB) + ``APPEND {20000000+}`` (timing-dependent).
+    With the provider link, provider bytes are handled in its callback: they must neither wait
+    for the provider to drain nor pause reading the provider."""
     conn, reader, writer = make_conn()
     conn.session = logged_in()
-    up_reader, up_writer = asyncio.StreamReader(), FakeWriter(high_water=64 * 1024)
-    conn.up = SimpleNamespace(reader=up_reader, writer=up_writer)
-    up_writer.write(b"A2 APPEND INBOX {1000000+}\r\n" + b"y" * 1_000_000 + b"\r\n")  # not yet read by the provider
-    task = asyncio.create_task(conn._read_upstream())
-    try:
-        up_reader.feed_data(b"* 1 FETCH (UID 1 FLAGS ())\r\n")
-        await asyncio.sleep(0.05)
-        up_reader.feed_data(b"* 2 FETCH (UID 2 FLAGS ())\r\n")
-        await asyncio.sleep(0.05)
-        assert b"* 2 FETCH" in writer.data
-    finally:
-        await _cancel(task)
+    link = provider_link()
+    conn.up = SimpleNamespace(link=link)
+    link.attach(conn._on_upstream_data)
+    link.write(b"A2 APPEND INBOX {1000000+}\r\n" + b"y" * 1_000_000 + b"\r\n")  # not yet read by the provider
+    link.pause_writing()  # ... so its transport is above the high-water mark
+    provider_sends(link, b"* 1 FETCH (UID 1 FLAGS ())\r\n")
+    await asyncio.sleep(0.05)
+    provider_sends(link, b"* 2 FETCH (UID 2 FLAGS ())\r\n")
+    await asyncio.sleep(0.05)
+    assert b"* 2 FETCH" in writer.data
+    assert link.transport.reading
+
+
+async def test_provider_is_paused_while_the_client_is_not_reading_and_resumed_when_it_drains():
+    """Back-pressure: provider bytes go to the client in the link's callback, with no task that
+    could wait; above the client's high-water mark the provider must stop being read, or a
+    client that does not read would make the gateway buffer a whole mailbox."""
+    conn, reader, writer = make_conn()
+    conn.session = logged_in()
+    writer.high_water = 1000
+    link = provider_link()
+    conn.up = SimpleNamespace(link=link)
+    link.attach(conn._on_upstream_data)
+    conn.session.client_data(b"A1 FETCH 1:* BODY[]\r\n")
+    provider_sends(link, b"* 1 FETCH (BODY[] {2000}\r\n" + b"x" * 2000 + b")\r\n")
+    assert not link.transport.reading and b"* 1 FETCH" in writer.data
+    await asyncio.sleep(0.05)
+    assert not link.transport.reading  # drain() still blocked: the client has not read
+    writer.pending, writer.high_water = 0, None
+    drain = conn._client_drain
+    drain.cancel()  # FakeWriter.drain never wakes up by itself; a real one would return now
+    with contextlib.suppress(asyncio.CancelledError):
+        await drain
+    assert link.transport.reading and conn._client_drain is None
 
 
 async def test_preauth_timeout_bounds_the_whole_unauthenticated_phase():
@@ -322,17 +349,16 @@ async def test_client_gone_while_reading_is_paused_is_noticed():
     limits = SessionLimits(max_in_flight=1)
     conn, reader, writer = make_conn(limits=limits, idle_timeout_s=0.3)
     conn.session = logged_in(limits=limits)
-    up_reader, up_writer = asyncio.StreamReader(), FakeWriter()
-    conn.up = SimpleNamespace(reader=up_reader, writer=up_writer)
-    conn._up_task = asyncio.create_task(conn._read_upstream())
+    link = provider_link()
+    conn.up = SimpleNamespace(link=link)
+    link.attach(conn._on_upstream_data)
     reader.feed_data(b"a1 NOOP\r\n")  # relayed; the provider never answers
     reader.feed_eof()  # and the client goes away
     run = asyncio.create_task(conn.run())
     try:
         await asyncio.sleep(1.5)  # five idle timeouts
-        finished = run.done() and up_writer.closed
+        finished = run.done() and link.transport.closed
     finally:
-        up_reader.feed_eof()  # let the test end: the provider finally closes
+        provider_sends(link, b"")  # let the test end: the provider finally closes
         await asyncio.wait_for(run, 5)
-        await _cancel(conn._up_task)
     assert finished
