@@ -262,7 +262,7 @@ class ImapSession:
             return self._relay_command(command, spec.postauth)
         if spec.preauth is not Handling.GATEWAY:
             return self._reply(command, b"%s BAD Log in first\r\n" % command.tag.encode())
-        return getattr(self, f"_pre_{command.name.lower()}")(command)
+        return _PREAUTH_VERBS[command.name](self, command)
 
     # -- not authenticated: the gateway's own verbs ------------------------------------------
     def _pre_capability(self, cmd: Command) -> list:
@@ -518,3 +518,15 @@ class ImapSession:
             if isinstance(a, act.SendToClient):
                 self.bytes_to_client += len(a.data)
         return actions
+
+
+#: The verbs the gateway answers itself before login (``Handling.GATEWAY`` in the command table).
+_PREAUTH_VERBS = {
+    "CAPABILITY": ImapSession._pre_capability,
+    "NOOP": ImapSession._pre_noop,
+    "LOGOUT": ImapSession._pre_logout,
+    "ID": ImapSession._pre_id,
+    "STARTTLS": ImapSession._pre_starttls,
+    "LOGIN": ImapSession._pre_login,
+    "AUTHENTICATE": ImapSession._pre_authenticate,
+}

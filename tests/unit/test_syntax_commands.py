@@ -81,3 +81,9 @@ def test_command_table_allowlist():
 def test_quote_string():
     assert quote_string(b'a"b\\c') == b'"a\\"b\\\\c"'
     assert quote_string("Contabilità".encode()) == b"{12}\r\nContabilit\xc3\xa0"
+
+
+def test_every_preauth_gateway_verb_has_a_handler():
+    from gateway.imap_proxy.session import _PREAUTH_VERBS
+
+    assert {n for n, spec in COMMANDS.items() if spec.preauth is Handling.GATEWAY} == set(_PREAUTH_VERBS)
