@@ -1,9 +1,11 @@
 """A JSON-lines audit sink: one event per line, appended by a writer task.
 
 ``emit`` only puts the event on a queue, so the relay never waits for the disk; the writer task
-appends and flushes in batches and fsyncs after each batch, so an acknowledged batch survives a
-crash.  ``close`` drains the queue: no event accepted by ``emit`` is lost on a clean shutdown.
-The file is created with mode 0600 since it names people and what they did.
+appends in batches and fsyncs after each batch, so a written batch survives a crash.  ``close``
+drains the queue: no event accepted by ``emit`` is lost on a clean shutdown.  A failed write
+(full disk, vanished volume) is retried from the exact octet where it stopped, so nothing is
+lost or written twice, and it is logged at ERROR until it succeeds.  The file is created with
+mode 0600 since it names people and what they did.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ __all__ = ["JsonLinesSink"]
 log = logging.getLogger(__name__)
 
 
+def _lines(events: list[AuditEvent]) -> bytes:
+    text = "".join(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in events)
+    return text.encode("utf-8")
+
+
 class JsonLinesSink:
     """Appends events as JSON lines to ``path``."""
 
@@ -30,8 +37,7 @@ class JsonLinesSink:
         self._batch = batch
         self._task: asyncio.Task | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def start(self) -> None:
         if self._task is None:
@@ -52,27 +58,40 @@ class JsonLinesSink:
                 batch.append(self._queue.get_nowait())
             events = [e for e in batch if e is not None]
             if events:
-                lines = "".join(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in events)
-                await asyncio.to_thread(self._write, lines)
+                await self._write_until_done(_lines(events))
             if None in batch:
                 return
 
-    def _write(self, text: str) -> None:
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    async def _write_until_done(self, data: bytes) -> None:
+        """Write one batch and fsync it, retrying on I/O errors from where the write stopped."""
+        view = memoryview(data)
+        delay, last_report = 0.5, 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                while view:
+                    view = view[await asyncio.to_thread(self._write_some, view):]
+                await asyncio.to_thread(os.fsync, self._fd)
+                if last_report:
+                    log.error("audit file %s writable again; %d events were waiting", self.path, self.depth)
+                return
+            except OSError as exc:
+                now = loop.time()
+                if now - last_report >= 60:
+                    log.error("cannot write the audit file %s (%s); %d events waiting, retrying",
+                              self.path, exc.strerror or exc, self.depth + 1)
+                    last_report = now
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _write_some(self, view: memoryview) -> int:
+        """One ``write(2)``; returns how many octets the kernel took."""
+        return os.write(self._fd, view)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-            self._task = None
-        else:  # never started: write what was queued synchronously
-            events = []
-            while not self._queue.empty():
-                e = self._queue.get_nowait()
-                if e is not None:
-                    events.append(e)
-            if events:
-                self._write("".join(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in events))
-        self._file.close()
+        if self._task is None:  # never started: drain on this loop
+            self.start()
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+        os.close(self._fd)
