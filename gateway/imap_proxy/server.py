@@ -64,6 +64,7 @@ class Connection:
         self._tasks: set[asyncio.Task] = set()  # work the provider callback could not finish itself
         self._resume = asyncio.Event()
         self._closed = False
+        self._closing: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         self._preauth_deadline = 0.0
         self._upstream_activity = time.monotonic()
@@ -97,6 +98,11 @@ class Connection:
             await self._perform(self.session.client_closed())
         finally:
             await self._close()
+            for task in list(self._tasks):  # work spawned from provider data: done or moot now
+                if task is not asyncio.current_task() and not task.done():
+                    task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self.s.sessions.discard(self)
 
     async def _read_client(self) -> bytes | None:
@@ -142,6 +148,8 @@ class Connection:
         (a big FETCH) while we hold an upload for it — both would wait for ever.  If the client
         is not keeping up, the provider is paused until the client has drained.
         """
+        if self._closed:  # closing: the provider is being shut, its bytes go nowhere
+            return
         self._upstream_activity = time.monotonic()
         if not data and self.up is not None and self.up.link.exception is not None:
             log.warning("session %s: provider connection failed: %s", self.session.session_id,
@@ -312,10 +320,16 @@ class Connection:
                            client_text="The PEC provider is unavailable; try again later")
 
     async def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._resume.set()
+        """Close both sides once; every caller waits until the closing is complete."""
+        if self._closing is None:
+            self._closed = True  # at once: from here on no byte is read from or sent to anybody
+            self._resume.set()
+            if self.up is not None:
+                self.up.link.pause_reading()  # nothing more from the provider while the client is flushed
+            self._closing = asyncio.get_running_loop().create_task(self._close_both())
+        await asyncio.shield(self._closing)
+
+    async def _close_both(self) -> None:
         for w in (self.writer, self.up.link if self.up else None):
             if w is None:
                 continue

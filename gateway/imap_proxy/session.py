@@ -129,7 +129,9 @@ class ImapSession:
         return self._count_out(self._pump_client())
 
     def upstream_data(self, data: bytes) -> list:
-        """Bytes from the provider (``b""`` at end of stream)."""
+        """Bytes from the provider (``b""`` at end of stream); ignored once the session has ended."""
+        if self.state is SessionState.LOGOUT:
+            return []
         self.upstream_framer.receive_data(data)
         out: list = []
         while self.state is not SessionState.LOGOUT:
