@@ -190,7 +190,6 @@ class Framer:
         self._message_size = 0
         self._eof = False
         self._eof_reported = False
-        self._pending: list[object] = []  # events produced but not yet returned
 
     # -- input ------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -241,8 +240,6 @@ class Framer:
     # -- output -----------------------------------------------------------------------------
     def next_event(self):
         """Return the next :class:`Frame`, literal notice, :class:`EndOfStream` or NEED_DATA."""
-        if self._pending:
-            return self._pending.pop(0)
         while True:
             if self._literal_left:
                 if not self._take_literal():
