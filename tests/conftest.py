@@ -39,22 +39,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="session")
 def slapd():
-    server = SlapdServer()
-    server.start()
-    try:
+    with SlapdServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def dovecot(pki: Pki):
-    server = DovecotServer(pki)
-    server.start()
-    try:
+    with DovecotServer(pki) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
