@@ -100,7 +100,7 @@ def start_gateway(stack: contextlib.ExitStack, workdir: Path, pki, dovecot, addr
                   mailbox_password: str, user_password: str, loop: str = "asyncio"):
     from gateway.auth.passwords import hash_password
     from gateway.secret import Secret
-    from tests.fixtures.gateway import GatewayHarness, toml_value
+    from tests.fixtures.gateway import GatewayHarness, office_policy, toml_value
 
     users = workdir / "users.toml"
     users.write_text(f"[users.bench]\npassword = {toml_value(hash_password(Secret(user_password)))}\n"
@@ -110,8 +110,8 @@ def start_gateway(stack: contextlib.ExitStack, workdir: Path, pki, dovecot, addr
     h.enroll("bench")
     tables = h.base_tables(
         directory={"backend": "static", "users_file": str(users)},
-        offices={"bench": {"groups": ["bench"]}},
-        mailboxes={"bench": {"address": address, "offices": ["bench"], "imap": {
+        policy=office_policy({"bench": {"groups": ["bench"]}}, {"bench": ["bench"]}),
+        mailboxes={"bench": {"address": address, "imap": {
             "host": "127.0.0.1", "port": dovecot.port, "tls": "implicit", "username": address,
             "ca_file": str(pki.ca_cert), "server_name": "localhost"}}},
         imap={"listen_starttls": []},

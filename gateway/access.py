@@ -1,29 +1,19 @@
-"""Which offices a person belongs to, and which PEC mailbox a login opens.
+"""Which PEC mailbox a login opens.
 
-Offices are defined in the config as directory groups and/or named members; a mailbox lists the
-offices that may use it.  A person allowed on exactly one mailbox logs in with their plain name;
-one allowed on several must pick with ``name#mailbox`` (see :mod:`gateway.login`).
+The policy decides who may use a mailbox (:func:`policy.can_use_mailbox`: some folder visible, or
+the send right).  A person allowed on exactly one mailbox logs in with their plain name; one
+allowed on several must pick with ``name#mailbox`` (see :mod:`gateway.login`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.auth.directory import Person
-from gateway.config import MailboxConfig, OfficeConfig
+from gateway.config import MailboxConfig
+from policy import Policy, can_use_mailbox
 
-__all__ = ["offices_of", "MailboxChoice", "choose_mailbox"]
-
-
-def offices_of(person: Person, offices: dict[str, OfficeConfig]) -> tuple[str, ...]:
-    """The offices ``person`` is in, by group membership or by being listed, sorted by name."""
-    groups = {g.lower() for g in person.groups}
-    found = [
-        name
-        for name, office in offices.items()
-        if person.username in office.members or any(g.lower() in groups for g in office.groups)
-    ]
-    return tuple(sorted(found))
+__all__ = ["MailboxChoice", "choose_mailbox", "usable_mailboxes"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +24,14 @@ class MailboxChoice:
     error: str = ""
 
 
-def choose_mailbox(person_offices: tuple[str, ...], requested: str | None,
-                   mailboxes: dict[str, MailboxConfig]) -> MailboxChoice:
-    allowed = [m for m in mailboxes.values() if set(m.offices) & set(person_offices)]
+def usable_mailboxes(policy: Policy, offices: Iterable[str],
+                     mailboxes: Mapping[str, MailboxConfig]) -> list[MailboxConfig]:
+    """The configured mailboxes the policy lets these offices use, by name."""
+    offices = tuple(offices)
+    return [mailboxes[n] for n in sorted(mailboxes) if can_use_mailbox(policy, offices, n)]
+
+
+def choose_mailbox(allowed: list[MailboxConfig], requested: str | None) -> MailboxChoice:
     if requested is not None:
         for m in allowed:
             if m.name == requested:
@@ -46,5 +41,5 @@ def choose_mailbox(person_offices: tuple[str, ...], requested: str | None,
         return MailboxChoice(allowed[0])
     if not allowed:
         return MailboxChoice(None, "No PEC mailbox is assigned to you")
-    names = ", ".join(sorted(m.name for m in allowed))
+    names = ", ".join(m.name for m in allowed)
     return MailboxChoice(None, f"Several PEC mailboxes are assigned to you; log in as name#mailbox ({names})")

@@ -1,8 +1,8 @@
 """Assembling a running gateway from a :class:`~gateway.config.GatewayConfig`.
 
 Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
-service password from the vault) → OTP and trust windows → authenticator → login service →
-audit sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
+service password from the vault) → OTP and trust windows → authenticator → policy → login
+service → audit sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
 sink, so a clean stop loses no event.
 """
 
@@ -19,8 +19,10 @@ from gateway.auth.otp import OtpVerifier
 from gateway.auth.trust import TrustWindow
 from gateway.config import ConfigError, GatewayConfig
 from gateway.imap_proxy.server import ImapFront, Services
+from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
 from gateway.vault import Vault, VaultError, otp_key
+from policy import PolicyError
 
 __all__ = ["Gateway", "build_directory", "open_vault", "version"]
 
@@ -39,6 +41,14 @@ def open_vault(config: GatewayConfig) -> Vault:
         return Vault.open(config.vault.path, config.vault.key_file, config.vault.key_env)
     except VaultError as exc:
         raise ConfigError(config.source, "vault", str(exc)) from None
+
+
+def open_policy(config: GatewayConfig) -> LivePolicy:
+    """The policy file named by ``[policy] file``; a bad file stops the start with its error."""
+    try:
+        return LivePolicy(config.policy_file, config.mailboxes)
+    except PolicyError as exc:
+        raise ConfigError(config.source, "policy.file", str(exc)) from None
 
 
 def build_directory(config: GatewayConfig, vault: Vault):
@@ -79,10 +89,11 @@ class Gateway:
         otp = OtpVerifier(lambda user: self.vault.get(otp_key(user)), digits=config.auth.otp_digits)
         self.trust = TrustWindow(config.auth.trust_window_s)
         self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s)
-        self.login_service = LoginService(self.authenticator, config.offices, config.mailboxes)
+        self.policy = open_policy(config)
+        self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
         self.audit = JsonLinesSink(config.audit.jsonl_path)
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
-                                 audit=self.audit, version=version())
+                                 audit=self.audit, policy=self.policy, version=version())
         self.imap = ImapFront(self.services)
         self._stopped = asyncio.Event()
 
@@ -95,13 +106,18 @@ class Gateway:
         await self.audit.close()
         self._stopped.set()
 
+    def reload(self) -> str | None:
+        """Reload what can change while running (the policy); None, or the error (nothing changed)."""
+        return self.policy.reload()
+
     async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM, then stop cleanly."""
+        """Run until SIGINT/SIGTERM, then stop cleanly; SIGHUP reloads the policy."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: self.reload}
+        for sig, handler in handlers.items():
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass
         await stop.wait()

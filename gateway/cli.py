@@ -66,10 +66,13 @@ def cmd_check_config(args) -> int:
 
     vault = open_vault(config)
     build_directory(config, vault)
+    from gateway.app import open_policy
+
+    policy = open_policy(config).current
     missing = [m.name for m in config.mailboxes.values() if vault.get(m.password_vault_key) is None]
     for name in missing:
         print(f"warning: mailbox {name}: no password in the vault (pecgw vault set {name})")
-    print(f"{config.source}: OK ({len(config.mailboxes)} mailboxes, {len(config.offices)} offices)")
+    print(f"{config.source}: OK ({len(config.mailboxes)} mailboxes, {len(policy.offices)} offices)")
     return 0
 
 

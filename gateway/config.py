@@ -21,7 +21,6 @@ __all__ = [
     "ImapConfig",
     "UpstreamConfig",
     "MailboxConfig",
-    "OfficeConfig",
     "LdapConfig",
     "AuthConfig",
     "VaultConfig",
@@ -73,18 +72,12 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class MailboxConfig:
+    """How to reach one PEC mailbox at its provider.  Who may use it is the policy file's business."""
+
     name: str
     address: str
-    offices: tuple[str, ...]
     imap: UpstreamConfig
     password_vault_key: str
-
-
-@dataclass(frozen=True)
-class OfficeConfig:
-    name: str
-    groups: tuple[str, ...] = ()  # directory group names (LDAP cn, or static-file groups)
-    members: tuple[str, ...] = ()  # usernames listed directly
 
 
 @dataclass(frozen=True)
@@ -134,7 +127,7 @@ class GatewayConfig:
     auth: AuthConfig
     vault: VaultConfig
     audit: AuditConfig
-    offices: dict[str, OfficeConfig]
+    policy_file: Path  # offices and folder rights (policy/); reloaded on SIGHUP
     mailboxes: dict[str, MailboxConfig]
     log_level: str = "INFO"
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
@@ -315,6 +308,9 @@ def _auth(t: _Table) -> AuthConfig:
 def parse_config(data: dict, source: Path) -> GatewayConfig:
     """Build a :class:`GatewayConfig` from parsed TOML; raises :class:`ConfigError`."""
     root = _Table(data, source, "")
+    if "offices" in data:
+        raise root.error("offices", "offices are defined in the policy file ([policy] file), "
+                                    "together with the folder rights of each office")
     imap = _imap(root.table("imap", required=True))
     auth = _auth(root.table("auth", required=True))
     vt = root.table("vault", required=True)
@@ -324,24 +320,20 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     at = root.table("audit", required=True)
     audit = AuditConfig(jsonl_path=at.path("jsonl_path", _REQUIRED))
     at.done()
-    offices: dict[str, OfficeConfig] = {}
-    ot = root.table("offices", required=True)
-    for name in ot.data:
-        o = ot.table(name)
-        offices[name] = OfficeConfig(name, groups=o.strings("groups"), members=o.strings("members"))
-        o.done()
+    pt = root.table("policy", required=True)
+    policy_file = pt.path("file", _REQUIRED)
+    pt.done()
     mailboxes: dict[str, MailboxConfig] = {}
     mt = root.table("mailboxes", required=True)
     for name in mt.data:
         if "#" in name:
             raise mt.error(name, "a mailbox name must not contain '#'")
         m = mt.table(name)
-        office_names = m.strings("offices")
-        for office in office_names:
-            if office not in offices:
-                raise m.error("offices", f"unknown office {office!r} (define [offices.{office}])")
+        if "offices" in m.data:
+            raise m.error("offices", "who may use a mailbox is set in the policy file ([policy] file): "
+                                     f"its [mailboxes.{name}] rules and send list")
         mailboxes[name] = MailboxConfig(
-            name=name, address=m.str("address", _REQUIRED), offices=office_names,
+            name=name, address=m.str("address", _REQUIRED),
             imap=_upstream(m.table("imap", required=True)),
             password_vault_key=m.str("password_vault_key", f"mailbox/{name}"))
         m.done()
@@ -351,7 +343,8 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     demo = root.bool("demo", False)
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
-                         offices=offices, mailboxes=mailboxes, log_level=log_level, demo=demo)
+                         policy_file=policy_file, mailboxes=mailboxes,
+                         log_level=log_level, demo=demo)
 
 
 def load_config(path: Path | str) -> GatewayConfig:

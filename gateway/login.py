@@ -62,6 +62,7 @@ class LoginResult:
     person: str | None = None
     offices: tuple[str, ...] = ()
     mailbox: str | None = None
+    groups: tuple[str, ...] = ()  # the person's directory groups: offices are re-derived on policy reload
     failure: Failure | None = None
     client_text: str = ""
     reason: str = ""  # internal reason class for audit and metrics

@@ -1,4 +1,4 @@
-"""The login service: person (directory + OTP), offices, mailbox — one answer per request.
+"""The login service: person (directory + OTP), offices (policy), mailbox — one answer per request.
 
 Shared by the IMAP and SMTP fronts.  Opening the provider session is the front's business (it is
 protocol-specific); this service answers *who* is logging in and *which mailbox* they get.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from gateway.access import choose_mailbox, offices_of
-from gateway.config import MailboxConfig, OfficeConfig
+from gateway.access import choose_mailbox, usable_mailboxes
+from gateway.config import MailboxConfig
 from gateway.login import Failure, LoginRequest, LoginResult
+from policy import offices_of
 
 __all__ = ["LoginService", "AUTH_FAILED_TEXT"]
 
@@ -23,9 +24,9 @@ AUTH_FAILED_TEXT = "Authentication failed"
 class LoginService:
     """Authenticates a :class:`LoginRequest` and picks the mailbox it opens."""
 
-    def __init__(self, authenticator, offices: dict[str, OfficeConfig], mailboxes: dict[str, MailboxConfig]) -> None:
+    def __init__(self, authenticator, policy, mailboxes: dict[str, MailboxConfig]) -> None:
         self.authenticator = authenticator
-        self.offices = offices
+        self.policy = policy  # a LivePolicy: read at every login, so a reload counts at once
         self.mailboxes = mailboxes
 
     async def login(self, request: LoginRequest) -> LoginResult:
@@ -38,10 +39,13 @@ class LoginService:
                                    reason=outcome.reason)
             return LoginResult(False, person=request.username, failure=Failure.AUTHENTICATION,
                                client_text=AUTH_FAILED_TEXT, reason=outcome.reason)
-        offices = offices_of(person, self.offices)
-        choice = choose_mailbox(offices, request.mailbox, self.mailboxes)
+        policy = self.policy.current
+        offices = offices_of(person.username, person.groups, policy)
+        choice = choose_mailbox(usable_mailboxes(policy, offices, self.mailboxes), request.mailbox)
+        groups = tuple(sorted(person.groups))
         if choice.mailbox is None:
             return LoginResult(False, person=person.username, offices=offices, mailbox=request.mailbox,
-                               failure=Failure.AUTHORIZATION, client_text=choice.error, reason="no_mailbox")
+                               failure=Failure.AUTHORIZATION, client_text=choice.error, reason="no_mailbox",
+                               groups=groups)
         return LoginResult(True, person=person.username, offices=offices, mailbox=choice.mailbox.name,
-                           reason=outcome.reason)
+                           reason=outcome.reason, groups=groups)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table, write_gateway_config
+from tests.fixtures.gateway import GatewayHarness, ldap_directory, office_policy, upstream_table, write_gateway_config
 from tests.fixtures.ports import free_port, wait_for_port
 
 PECGW = [sys.executable, "-m", "gateway.cli"]
@@ -46,8 +46,8 @@ def offline_config(tmp_path, pki) -> tuple[GatewayHarness, Path]:
     users = tmp_path / "users.toml"
     users.write_text("")
     tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           offices={"o": {"members": ["alice"]}},
-                           mailboxes={"m": {"address": "m@pec.example.it", "offices": ["o"],
+                           policy=office_policy({"o": {"members": ["alice"]}}, {"m": ["o"]}),
+                           mailboxes={"m": {"address": "m@pec.example.it",
                                             "imap": {"host": "localhost", "username": "m"}}})
     return h, write_gateway_config(tmp_path / "gw.toml", tables)
 
@@ -68,8 +68,8 @@ def served(tmp_path, pki, slapd, dovecot, pec_mailbox):
     port = free_port()
     tables = h.base_tables(
         directory=ldap_directory(slapd),
-        offices={"legale": {"groups": ["legale"]}},
-        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"],
+        policy=office_policy({"legale": {"groups": ["legale"]}}, {"protocollo": ["legale"]}),
+        mailboxes={"protocollo": {"address": pec_mailbox.address,
                                   "imap": upstream_table(dovecot, pki, pec_mailbox.address)}},
         imap={"listen_tls": [f"127.0.0.1:{port}"], "listen_starttls": []},
     )

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
+from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
 
 AUTH_FAILED = b"[AUTHENTICATIONFAILED] Authentication failed"
 
@@ -37,14 +37,16 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, second_mailbox):
         h.enroll(person)
     tables = h.base_tables(
         directory=ldap_directory(slapd),
-        offices={"legale": {"groups": ["legale"]}, "acquisti": {"groups": ["acquisti"]},
-                 "collaudo": {"members": ["carla"]}},
+        policy=office_policy({"legale": {"groups": ["legale"]}, "acquisti": {"groups": ["acquisti"]},
+                              "collaudo": {"members": ["carla"]}},
+                             {"protocollo": ["legale", "acquisti"], "fornitori": ["acquisti"], "spenta": ["collaudo"]},
+                             rights=FULL_RIGHTS),
         mailboxes={
-            "protocollo": {"address": pec_mailbox.address, "offices": ["legale", "acquisti"],
+            "protocollo": {"address": pec_mailbox.address,
                            "imap": upstream_table(dovecot, pki, pec_mailbox.address)},
-            "fornitori": {"address": second_mailbox[0], "offices": ["acquisti"],
+            "fornitori": {"address": second_mailbox[0],
                           "imap": upstream_table(dovecot, pki, second_mailbox[0])},
-            "spenta": {"address": "spenta@pec.example.it", "offices": ["collaudo"],
+            "spenta": {"address": "spenta@pec.example.it",
                        "imap": {**upstream_table(dovecot, pki, "spenta@pec.example.it"), "port": _closed_port()}},
         },
     )
@@ -295,8 +297,8 @@ def _gateway_with_upstream(workdir, pki, slapd, mailbox, imap_table) -> GatewayH
     h.enroll("alice")
     return h.start(h.base_tables(
         directory=ldap_directory(slapd),
-        offices={"legale": {"groups": ["legale"]}},
-        mailboxes={"protocollo": {"address": mailbox.address, "offices": ["legale"], "imap": imap_table}}))
+        policy=office_policy({"legale": {"groups": ["legale"]}}, {"protocollo": ["legale"]}, rights=FULL_RIGHTS),
+        mailboxes={"protocollo": {"address": mailbox.address, "imap": imap_table}}))
 
 
 def test_upstream_starttls(tmp_path, pki, slapd, dovecot, pec_mailbox):

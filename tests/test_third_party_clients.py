@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
+from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
 
 MBSYNC = shutil.which("mbsync")
 CURL = shutil.which("curl")
@@ -30,8 +30,8 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox):
     h.enroll("alice")
     tables = h.base_tables(
         directory=ldap_directory(slapd),
-        offices={"legale": {"groups": ["legale"]}},
-        mailboxes={"protocollo": {"address": pec_mailbox.address, "offices": ["legale"],
+        policy=office_policy({"legale": {"groups": ["legale"]}}, {"protocollo": ["legale"]}, rights=FULL_RIGHTS),
+        mailboxes={"protocollo": {"address": pec_mailbox.address,
                                   "imap": upstream_table(dovecot, pki, pec_mailbox.address)}},
     )
     h.mailbox = pec_mailbox

@@ -36,7 +36,7 @@ DEMO_PEOPLE = {
     "alice": ("alice-demo", "legale", "Alice Rossi (Ufficio Legale)"),
     "bruno": ("bruno-demo", "acquisti", "Bruno Bianchi (Ufficio Acquisti)"),
 }
-#: mailbox -> (PEC address, offices allowed)
+#: mailbox -> (PEC address, offices allowed: what DEMO_POLICY grants, for the banner and tests)
 DEMO_MAILBOXES = {
     "protocollo": ("protocollo@pec.demo.example.it", ("legale", "acquisti")),
     "acquisti": ("acquisti@pec.demo.example.it", ("acquisti",)),
@@ -80,13 +80,35 @@ def _config_text(state: Path, pki: Pki, provider_port: int, imap_port: int, star
         "[vault]", f'path = "{state / "vault.json"}"', f'key_file = "{state / "vault.key"}"', "",
         "[audit]", f'jsonl_path = "{state / "audit.jsonl"}"', "",
     ]
-    for office in sorted({o for _, o, _ in DEMO_PEOPLE.values()}):
-        out += [f"[offices.{office}]", f'groups = ["{office}"]', ""]
-    for name, (address, offices) in DEMO_MAILBOXES.items():
-        out += [f"[mailboxes.{name}]", f'address = "{address}"',
-                "offices = [" + ", ".join(f'"{o}"' for o in offices) + "]", "",
+    out += ["[policy]", f'file = "{state / "policy.toml"}"', ""]
+    for name, (address, _offices) in DEMO_MAILBOXES.items():
+        out += [f"[mailboxes.{name}]", f'address = "{address}"', "",
                 f"[mailboxes.{name}.imap]", 'host = "localhost"', f"port = {provider_port}", 'tls = "implicit"',
                 f'username = "{address}"', f'ca_file = "{pki.ca_cert}"', ""]
+    return "\n".join(out)
+
+
+#: The demo's office folder policy, per mailbox: (office, folder pattern, RFC 4314 rights).
+#: legale and acquisti share 'protocollo', each with its own folders; acquisti reads INBOX without
+#: marking anything read (no 's'); nobody may erase a PEC (no x, t, e anywhere).
+DEMO_RULES = {
+    "protocollo": [("legale", "INBOX", "lrs"), ("legale", "Ricevute", "lr"), ("legale", "Ufficio Legale", "lrswik"),
+                   ("acquisti", "INBOX", "lr"), ("acquisti", "Ricevute", "lr"), ("acquisti", "Acquisti", "lrswik"),
+                   ("acquisti", "Acquisti/*", "lrswik"), ("acquisti", "Contabilità", "lr")],
+    "acquisti": [("acquisti", "*", "lrswik")],
+}
+
+
+def _policy_text() -> str:
+    """The demo's policy.toml: offices named after the demo people's groups, DEMO_RULES, send rights."""
+    out = ["# Written by `pecgw demo`.  See config/policy.example.toml for every key.", ""]
+    for office in sorted({o for _, o, _ in DEMO_PEOPLE.values()}):
+        out += [f"[offices.{office}]", f'groups = ["{office}"]', ""]
+    for name, (_address, offices) in DEMO_MAILBOXES.items():
+        out += [f"[mailboxes.{name}]", "send = [" + ", ".join(f'"{o}"' for o in offices) + "]", ""]
+        for office, folders, rights in DEMO_RULES[name]:
+            out += [f"[[mailboxes.{name}.rules]]", f'office = "{office}"', f'folders = "{folders}"',
+                    f'rights = "{rights}"', ""]
     return "\n".join(out)
 
 
@@ -111,6 +133,7 @@ def prepare_demo(state: Path, imap_port: int, starttls_port: int):
     _users_file(state)
     provider = SandboxProvider(accounts, pki.server_cert, pki.server_key)
     provider_port = provider.start()
+    (state / "policy.toml").write_text(_policy_text(), encoding="utf-8")
     config = state / "gateway.toml"
     config.write_text(_config_text(state, pki, provider_port, imap_port, starttls_port), encoding="utf-8")
     return config, provider

@@ -44,6 +44,7 @@ class Services:
     login_service: object  # gateway.login_service.LoginService
     vault: object  # gateway.vault.Vault
     audit: object  # an AuditSink
+    policy: object  # gateway.live_policy.LivePolicy: the office folder policy in force
     version: str = "0"
     sessions: set = field(default_factory=set)
 

@@ -15,8 +15,8 @@ def minimal(**over) -> dict:
         "auth": {"backend": "static", "users_file": "users.toml"},
         "vault": {"path": "vault.json", "key_file": "vault.key"},
         "audit": {"jsonl_path": "audit.jsonl"},
-        "offices": {"legale": {"groups": ["legale"]}},
-        "mailboxes": {"protocollo": {"address": "p@pec.example.it", "offices": ["legale"],
+        "policy": {"file": "policy.toml"},
+        "mailboxes": {"protocollo": {"address": "p@pec.example.it",
                                      "imap": {"host": "imap.example.it", "username": "p@pec.example.it"}}},
     }
     for dotted, value in over.items():
@@ -41,6 +41,7 @@ def test_example_config_parses():
 def test_relative_paths_resolve_against_the_file(tmp_path):
     cfg = parse_config(minimal(), tmp_path / "gw.toml")
     assert cfg.vault.path == tmp_path / "vault.json" and cfg.imap.cert_file == tmp_path / "c.pem"
+    assert cfg.policy_file == tmp_path / "policy.toml"
 
 
 @pytest.mark.parametrize("override,key", [
@@ -52,7 +53,10 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
     ({"auth__backend": "kerberos"}, "auth.backend"),
     ({"auth__users_file": None}, "auth.users_file"),
     ({"vault__path": None}, "vault.path"),
-    ({"mailboxes__protocollo__offices": ["nowhere"]}, "mailboxes.protocollo.offices"),
+    ({"mailboxes__protocollo__offices": ["legale"]}, "mailboxes.protocollo.offices"),
+    ({"offices__legale__groups": ["legale"]}, "offices"),
+    ({"policy__file": None}, "policy.file"),
+    ({"policy": None}, "policy"),
     ({"mailboxes__protocollo__imap__tls": "none"}, "mailboxes.protocollo.imap.tls"),
     ({"mailboxes__protocollo__imap__port": 0}, "mailboxes.protocollo.imap.port"),
     ({"mailboxes__protocollo__imap__username": None}, "mailboxes.protocollo.imap.username"),

@@ -16,6 +16,7 @@ import pytest
 
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy import server as server_mod
+from tests.unit.policies import OPEN
 from gateway.imap_proxy.framing import NEED_DATA, Frame, Framer, LiteralRefused
 from gateway.imap_proxy.session import SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
@@ -192,7 +193,7 @@ def test_login_result_arriving_after_shutdown_is_ignored():
     s = new_session()
     s.client_data(b"a1 LOGIN alice pw123456\r\n")
     s.shutting_down()
-    out = s.login_finished(LoginResult(True, person="alice", mailbox="protocollo"), UPSTREAM_CAPS)
+    out = s.login_finished(LoginResult(True, person="alice", mailbox="protocollo", groups=("legale",)), UPSTREAM_CAPS)
     assert s.state is SessionState.LOGOUT
     assert sent(out) == b""
 
@@ -248,7 +249,7 @@ def make_conn(*, tls="implicit", login=None, limits=SessionLimits(), preauth_tim
     imap = SimpleNamespace(limits=limits, plaintext_login=False, preauth_timeout_s=preauth_timeout_s,
                            idle_timeout_s=idle_timeout_s, cert_file=None, key_file=None, tls_min_version="TLSv1.2")
     services = server_mod.Services(config=SimpleNamespace(imap=imap), login_service=login or FakeLogin(),
-                                   vault=None, audit=SimpleNamespace(emit=lambda event: None))
+                                   vault=None, audit=SimpleNamespace(emit=lambda event: None), policy=OPEN)
     reader, writer = asyncio.StreamReader(), FakeWriter()
     return server_mod.Connection(services, SimpleNamespace(tls=tls), reader, writer), reader, writer
 
