@@ -22,6 +22,9 @@ class Action:
     LOGIN_FAILED = "login_failed"
     LOGOUT = "logout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    DENIED = "denied"  # a command refused by the folder policy; detail names the rule
+    FOLDER_WITHDRAWN = "folder_withdrawn"  # a policy reload closed the selected folder
+    ACCESS_WITHDRAWN = "access_withdrawn"  # a policy reload left the person no access to the mailbox
 
 
 class Decision:

@@ -21,7 +21,7 @@ __all__ = ["Handling", "CommandSpec", "COMMANDS", "Command", "parse_command", "p
 class Handling(Enum):
     """Who answers a command."""
 
-    GATEWAY = "gateway"  # answered by the gateway itself (pre-auth verbs, LOGOUT before login)
+    GATEWAY = "gateway"  # answered by the gateway itself (pre-auth verbs, ACL commands after login)
     RELAY = "relay"  # forwarded to the provider after login
     REFUSED = "refused"  # never forwarded: answered NO/BAD by the gateway after login
 
@@ -84,12 +84,13 @@ COMMANDS: dict[str, CommandSpec] = dict(
         _spec("STORE", X, R, uid=True),
         _spec("COPY", X, R, [1], uid=True),
         _spec("MOVE", X, R, [1], uid=True),  # RFC 6851
-        # never forwarded: the gateway answers access control itself (policy issue)
-        _spec("SETACL", X, X, [0]),
-        _spec("DELETEACL", X, X, [0]),
-        _spec("GETACL", X, X, [0]),
-        _spec("LISTRIGHTS", X, X, [0]),
-        _spec("MYRIGHTS", X, X, [0]),
+        # answered by the gateway from the policy, never forwarded (RFC 4314; see acl.py)
+        _spec("SETACL", X, G, [0]),
+        _spec("DELETEACL", X, G, [0]),
+        _spec("GETACL", X, G, [0]),
+        _spec("LISTRIGHTS", X, G, [0]),
+        _spec("MYRIGHTS", X, G, [0]),
+        # never forwarded
         _spec("SETQUOTA", X, X),
         _spec("COMPRESS", X, X),  # never: the gateway must see every byte
         _spec("NOTIFY", X, X),

@@ -117,6 +117,7 @@ class LiteralAnnounced:
 
     marker: LiteralMarker
     line_so_far: bytes  # the message's first line, for finding the tag
+    index: int = 0  # how many literals of this message came before this one
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,15 @@ class Framer:
             if marker.size == 0:
                 self._literals.append(b"")
             if self.announce_literals:
-                event = LiteralAnnounced(marker, self._lines[0].rstrip(b"\r\n"))
-                return event
+                return LiteralAnnounced(marker, self._lines[0].rstrip(b"\r\n"), len(self._markers) - 1)
+
+    def drop_message(self) -> None:
+        """Forget the message being received: its announced literal was refused before upload.
+
+        The peer was answered with a tagged ``NO`` instead of ``+`` and, as RFC 3501 §7.5 has
+        it, does not send the literal; whatever it sends next starts a new message.
+        """
+        self._reset_message()
 
     # -- internals --------------------------------------------------------------------------
     def _end_or_need(self):

@@ -72,7 +72,7 @@ class Connection:
         peer = writer.get_extra_info("peername") or ("?", 0)
         cfg = services.config.imap
         self.session = ImapSession(
-            session_id=secrets.token_hex(8), client_ip=str(peer[0]),
+            session_id=secrets.token_hex(8), client_ip=str(peer[0]), policy=services.policy,
             tls_active=listener.tls == "implicit", starttls_available=listener.tls == "starttls",
             plaintext_login=cfg.plaintext_login, limits=cfg.limits, version=services.version)
 

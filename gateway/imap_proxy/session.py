@@ -12,7 +12,9 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 * ``AUTHENTICATING`` — a :class:`LoginRequest` is out; client bytes received meanwhile stay in
   the framer, unparsed, and are handled in order once the result is in.
 * ``AUTHENTICATED`` — the provider session is open; client commands are parsed, checked against
-  the command table and forwarded as their exact bytes; replies come back in order.
+  the command table and the office folder policy (:mod:`gateway.imap_proxy.enforce`), and
+  forwarded as their exact bytes unless the policy rewrites or refuses them; replies come back in
+  order, with folders the person may not see removed.
 * ``LOGOUT`` — the connection is closing; nothing more is read.
 """
 
@@ -29,7 +31,9 @@ from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabilities
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
+from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
+from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
 from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
@@ -41,6 +45,9 @@ __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
 
 #: Tags of the gateway's own commands toward the provider; never relayed to the client.
 GATEWAY_TAG_PREFIX = "PECGW."
+
+#: Capabilities the gateway adds after login: it answers RFC 4314 ACL commands from the policy.
+GATEWAY_CAPABILITIES = ["ACL", "RIGHTS=texk"]
 
 
 class SessionState(Enum):
@@ -74,6 +81,7 @@ class ImapSession:
         *,
         session_id: str,
         client_ip: str,
+        policy,
         tls_active: bool,
         starttls_available: bool,
         plaintext_login: bool = False,
@@ -83,6 +91,8 @@ class ImapSession:
         version: str = "0",
     ) -> None:
         self.session_id = session_id
+        self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
+        self._guard: FolderGuard | None = None  # set at login
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.starttls_available = starttls_available
@@ -162,8 +172,11 @@ class ImapSession:
             return out
         if result.ok:
             self.person, self.offices, self.mailbox = result.person, result.offices, result.mailbox
-            self._upstream_caps = filter_capabilities(list(upstream_capabilities or ()))
+            self._upstream_caps = _client_caps(list(upstream_capabilities or ()))
             upper = {c.upper() for c in upstream_capabilities or ()}
+            access = FolderAccess(self._policy, result.person or "", result.groups, result.mailbox or "")
+            self._guard = FolderGuard(access, unselect="UNSELECT" in upper)
+            self.offices = access.offices
             self._pacer = UpstreamPacer(literal_plus="LITERAL+" in upper, literal_minus="LITERAL-" in upper)
             self.client_framer.max_literal = self.limits.max_literal
             self.client_framer.max_message = self.limits.max_literal + 1024 * 1024
@@ -236,7 +249,8 @@ class ImapSession:
                 break
             if isinstance(event, LiteralAnnounced):
                 if event.marker.kind.synchronizing:
-                    out.append(act.SendToClient(b"+ Ready for literal data\r\n"))
+                    refused = self._refuse_before_upload(event)
+                    out += refused or [act.SendToClient(b"+ Ready for literal data\r\n")]
                 continue
             if isinstance(event, LiteralRefused):
                 tag = parse_tag(event.line_so_far) or "*"
@@ -356,14 +370,23 @@ class ImapSession:
 
     # -- authenticated: the relay ------------------------------------------------------------
     def _relay_command(self, cmd: Command, handling: Handling) -> list:
-        if handling is not Handling.RELAY:
+        if handling is Handling.REFUSED:
             if cmd.name in ("LOGIN", "AUTHENTICATE", "STARTTLS"):
                 return self._reply(cmd, b"%s BAD Already logged in\r\n" % cmd.tag.encode())
             return self._reply(cmd, b"%s NO [CANNOT] %s is not available through the gateway\r\n"
                                % (cmd.tag.encode(), cmd.display_name.encode()))
         if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
             return self._reply(cmd, b"%s BAD Tag prefix reserved by the gateway\r\n" % cmd.tag.encode())
-        frame = cmd.frame
+        assert self._guard is not None
+        verdict = self._guard.check(cmd)
+        self.offices = self._guard.access.offices
+        if verdict.end_session:
+            return [self._audit(Action.ACCESS_WITHDRAWN, Decision.DENY, reason="policy_reload")] + self._bye(
+                b"Your access to this PEC mailbox was withdrawn", reason="access_withdrawn")
+        out = self._apply_verdict(verdict)
+        if verdict.reply is not None:
+            return out + self._reply(cmd, verdict.reply)
+        frame = verdict.frame or cmd.frame
         if cmd.name == "ID":
             self._record_client_id(cmd)
         elif cmd.name == "ENABLE":
@@ -376,7 +399,41 @@ class ImapSession:
         elif cmd.name == "LOGOUT":
             self._logout_entry = entry
         assert self._pacer is not None
-        return [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, frame)]
+        return out + [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, frame)]
+
+    def _apply_verdict(self, verdict: Verdict) -> list:
+        """The side effects of a policy verdict: the gateway's own commands, notices, audit rows."""
+        out: list = []
+        assert self._pacer is not None
+        for line in verdict.upstream:
+            tag = line.split(b" ", 1)[0].decode("ascii")
+            out += [act.SendToUpstream(chunk) for chunk in self._pacer.submit(tag, Frame((line,)))]
+        if verdict.notes:
+            out.append(act.SendToClient(verdict.notes))
+        if verdict.withdrawn is not None:
+            out.append(self._audit(Action.FOLDER_WITHDRAWN, Decision.DENY, reason="policy_reload",
+                                   folder=verdict.withdrawn))
+        d = verdict.denial
+        if d is not None:
+            out.append(self._audit(Action.DENIED, Decision.DENY, reason=d.code.lower(), folder=d.folder,
+                                   detail={"command": d.command, "missing": d.missing, "rules": d.rules}))
+        return out
+
+    def _refuse_before_upload(self, event: LiteralAnnounced) -> list | None:
+        """An APPEND the policy refuses is answered before the client sends its message."""
+        if self._guard is None or self.state is not SessionState.AUTHENTICATED or event.index != 0:
+            return None
+        try:
+            cmd = parse_command(Frame((event.line_so_far[:event.marker.start] + b"\r\n",)))
+        except CommandSyntaxError:
+            return None  # judged when the message is complete
+        if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
+            return None
+        verdict = self._guard.check_announced(cmd)
+        if verdict.reply is None:
+            return None
+        self.client_framer.drop_message()
+        return self._apply_verdict(verdict) + self._reply(None, verdict.reply, cmd.tag)
 
     def _enable_frame(self, cmd: Command) -> Frame | None:
         """ENABLE only what the client was offered (RFC 5161: unknown capabilities are ignored).
@@ -420,9 +477,14 @@ class ImapSession:
                 return out + self._pump_client()
             return [act.SendToClient(frame.raw)]
         if head.kind is Kind.UNTAGGED:
+            if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
+                kept = self._guard.filter_untagged(head.name, frame)
+                if kept is None:
+                    return []
+                frame = kept
             if head.name == "CAPABILITY":
                 caps = frame.first_line.decode("latin-1").split()[2:]
-                return [act.SendToClient(b"* CAPABILITY %s\r\n" % " ".join(filter_capabilities(caps)).encode())]
+                return [act.SendToClient(b"* CAPABILITY %s\r\n" % " ".join(_client_caps(caps)).encode())]
             if head.name in ("OK", "NO", "BAD", "BYE", "PREAUTH"):
                 self._provider_said_bye |= head.name == "BYE"
                 return [act.SendToClient(self._rewrite_capability_code(frame))]
@@ -435,6 +497,8 @@ class ImapSession:
             return out  # the gateway's own commands: consumed here (identity resolution, later)
         if self._pacer is not None and self._pacer.waiting_tag == tag:
             out += [act.SendToUpstream(c) for c in self._pacer.refused(tag)]
+        if self._guard is not None:
+            frame = self._guard.tagged_reply(tag, frame)
         data = self._rewrite_capability_code(frame)
         entry, released = self.inflight.complete(tag)
         out.append(act.SendToClient(data + released if released else data))
@@ -451,7 +515,7 @@ class ImapSession:
         status = parse_status(frame)
         if status.code != "CAPABILITY":
             return frame.raw
-        caps = " ".join(filter_capabilities(status.code_data.split()))
+        caps = " ".join(_client_caps(status.code_data.split()))
         tag = status.tag or "*"
         return f"{tag} {status.status} [CAPABILITY {caps}] {status.text}\r\n".encode("utf-8")
 
@@ -491,10 +555,10 @@ class ImapSession:
         self.state = state
 
     def _audit(self, action: str, decision: str, *, reason: str | None = None, person: str | None = None,
-               mailbox: str | None = None, detail: dict | None = None) -> act.Audit:
+               mailbox: str | None = None, folder: str | None = None, detail: dict | None = None) -> act.Audit:
         return act.Audit(AuditEvent(
             when=self._now(), session_id=self.session_id, protocol="imap", action=action, decision=decision,
-            person=person or self.person, offices=self.offices, mailbox=mailbox or self.mailbox,
+            person=person or self.person, offices=self.offices, mailbox=mailbox or self.mailbox, folder=folder,
             client_ip=self.client_ip, client_name=self.client_name, reason=reason, detail=detail or {}))
 
     def _bye(self, text: bytes, *, reason: str = "", log: str | None = None) -> list:
@@ -520,6 +584,11 @@ class ImapSession:
             if isinstance(a, act.SendToClient):
                 self.bytes_to_client += len(a.data)
         return actions
+
+
+def _client_caps(upstream: list[str]) -> list[str]:
+    """What the client is told after login: the provider's list filtered, plus the gateway's own."""
+    return filter_capabilities(upstream) + GATEWAY_CAPABILITIES
 
 
 #: The verbs the gateway answers itself before login (``Handling.GATEWAY`` in the command table).

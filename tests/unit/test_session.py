@@ -5,12 +5,13 @@ import pytest
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.session import ImapSession, SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
-from tests.unit.transcript import UPSTREAM_CAPS, audits, feed, logged_in, new_session, sent
+from tests.unit.policies import OPEN
+from tests.unit.transcript import UPSTREAM_CAPS, audits, feed, logged_in, new_session, selected, sent
 
 
 
 def test_greeting_lists_preauth_capabilities():
-    s = ImapSession(session_id="s", client_ip="x", tls_active=False, starttls_available=True)
+    s = ImapSession(session_id="s", client_ip="x", tls_active=False, starttls_available=True, policy=OPEN)
     greeting = sent(s.connection_made())
     assert greeting == b"* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE STARTTLS LOGINDISABLED] PEC-Gateway ready\r\n"
 
@@ -79,7 +80,7 @@ def test_commands_pipelined_behind_login_wait_for_it():
     s = new_session()
     out = s.client_data(b"a1 LOGIN alice pw123456\r\na2 SELECT INBOX\r\n")
     assert not sent(out, act.SendToUpstream)
-    out = s.login_finished(LoginResult(True, person="alice", mailbox="protocollo"), UPSTREAM_CAPS)
+    out = s.login_finished(LoginResult(True, person="alice", mailbox="protocollo", groups=("legale",)), UPSTREAM_CAPS)
     assert sent(out).startswith(b"a1 OK [CAPABILITY ")
     assert sent(out, act.SendToUpstream) == b"a2 SELECT INBOX\r\n"
 
@@ -87,8 +88,8 @@ def test_commands_pipelined_behind_login_wait_for_it():
 def test_login_ok_carries_filtered_upstream_capabilities():
     s = new_session()
     s.client_data(b"a1 LOGIN alice pw123456\r\n")
-    out = s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo"), UPSTREAM_CAPS)
-    assert sent(out) == b"a1 OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE MOVE UIDPLUS ENABLE] Logged in\r\n"
+    out = s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo", groups=("legale",)), UPSTREAM_CAPS)
+    assert sent(out) == b"a1 OK [CAPABILITY IMAP4rev1 LITERAL+ IDLE MOVE UIDPLUS ENABLE ACL RIGHTS=texk] Logged in\r\n"
     (event,) = audits(out)
     assert (event.action, event.person, event.mailbox, event.offices, event.client_ip) == (
         "login", "alice", "protocollo", ("legale",), "192.0.2.7")
@@ -118,7 +119,7 @@ def test_three_failures_end_the_connection():
 
 
 def test_relay_forwards_exact_bytes_and_replies(bytewise):
-    s = logged_in()
+    s = selected()
     data = b"A5 uid fetch 1:* (FLAGS BODY.PEEK[])\r\nA6 noop\r\n"
     out = feed(s, data, bytewise=bytewise)
     assert sent(out, act.SendToUpstream) == data
@@ -127,7 +128,7 @@ def test_relay_forwards_exact_bytes_and_replies(bytewise):
 
 
 def test_denial_waits_for_earlier_pipelined_reply():
-    s = logged_in()
+    s = selected()
     out = s.client_data(b"A1 FETCH 1 FLAGS\r\nA2 COMPRESS DEFLATE\r\nA3 NOOP\r\n")
     assert sent(out) == b""  # A2's refusal must not overtake A1's reply
     assert sent(out, act.SendToUpstream) == b"A1 FETCH 1 FLAGS\r\nA3 NOOP\r\n"
@@ -183,7 +184,8 @@ def test_capability_responses_after_login_are_filtered():
     s = logged_in()
     s.client_data(b"c1 CAPABILITY\r\n")
     out = s.upstream_data(b"* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nc1 OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] x\r\n")
-    assert sent(out) == b"* CAPABILITY IMAP4rev1 LITERAL+ IDLE\r\nc1 OK [CAPABILITY IMAP4rev1 LITERAL+] x\r\n"
+    assert sent(out) == (b"* CAPABILITY IMAP4rev1 LITERAL+ IDLE ACL RIGHTS=texk\r\n"
+                         b"c1 OK [CAPABILITY IMAP4rev1 LITERAL+ ACL RIGHTS=texk] x\r\n")
 
 
 def test_logout_relayed_then_closed_with_audit():

@@ -72,7 +72,7 @@ def test_parse_tag(line, tag):
 
 def test_command_table_allowlist():
     assert COMMANDS["COMPRESS"].postauth is Handling.REFUSED
-    assert COMMANDS["SETACL"].postauth is Handling.REFUSED
+    assert COMMANDS["SETACL"].postauth is Handling.GATEWAY  # answered from the policy, never relayed
     assert COMMANDS["LOGIN"].preauth is Handling.GATEWAY and COMMANDS["LOGIN"].postauth is Handling.REFUSED
     assert COMMANDS["MOVE"].mailbox_args == (1,) and COMMANDS["MOVE"].uid_variant
     assert COMMANDS["SELECT"].preauth is Handling.REFUSED

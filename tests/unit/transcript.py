@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.session import ImapSession
 from gateway.login import LoginResult
+from tests.unit.policies import OPEN
 
 #: What a Dovecot-like provider advertises after login (before the gateway filters it).
 UPSTREAM_CAPS = ["IMAP4rev1", "SASL-IR", "LITERAL+", "IDLE", "MOVE", "UIDPLUS", "ENABLE", "COMPRESS=DEFLATE",
@@ -24,18 +25,20 @@ def closes(actions) -> list:
     return [a for a in actions if isinstance(a, act.Close)]
 
 
-def new_session(tls=True, starttls=False, **kw) -> ImapSession:
-    s = ImapSession(session_id="s1", client_ip="192.0.2.7", tls_active=tls, starttls_available=starttls, **kw)
+def new_session(tls=True, starttls=False, policy=OPEN, **kw) -> ImapSession:
+    s = ImapSession(session_id="s1", client_ip="192.0.2.7", tls_active=tls, starttls_available=starttls,
+                    policy=policy, **kw)
     s.connection_made()
     return s
 
 
-def logged_in(upstream_caps=UPSTREAM_CAPS, **kw) -> ImapSession:
-    """A session for alice on mailbox protocollo, relaying to a provider with ``upstream_caps``."""
+def logged_in(upstream_caps=UPSTREAM_CAPS, *, groups=("legale",), person="alice", **kw) -> ImapSession:
+    """A session for ``person`` (default alice, office legale) on mailbox protocollo, relaying to a
+    provider with ``upstream_caps``; the policy (default: everything allowed) is ``policy=``."""
     s = new_session(**kw)
-    s.client_data(b"a0 LOGIN alice pw123456\r\n")
-    s.login_finished(LoginResult(True, person="alice", offices=("legale",), mailbox="protocollo", reason="ok"),
-                     upstream_caps)
+    s.client_data(b"a0 LOGIN %s pw123456\r\n" % person.encode())
+    s.login_finished(LoginResult(True, person=person, offices=("legale",), mailbox="protocollo", reason="ok",
+                                 groups=tuple(groups)), upstream_caps)
     return s
 
 
@@ -47,3 +50,11 @@ def feed(session: ImapSession, data: bytes, *, bytewise: bool) -> list:
     for i in range(len(data)):
         out += session.client_data(data[i:i + 1])
     return out
+
+
+def selected(folder: bytes = b"INBOX", **kw) -> ImapSession:
+    """:func:`logged_in`, then ``folder`` selected (the provider's replies consumed)."""
+    s = logged_in(**kw)
+    s.client_data(b"s0 SELECT %s\r\n" % folder)
+    s.upstream_data(b"* 0 EXISTS\r\ns0 OK [READ-WRITE] SELECT completed\r\n")
+    return s
