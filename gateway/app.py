@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from importlib import metadata
 
 from gateway.audit.jsonl import JsonLinesSink
@@ -110,8 +111,12 @@ class Gateway:
         """Reload what can change while running (the policy); None, or the error (nothing changed)."""
         return self.policy.reload()
 
-    async def serve_forever(self) -> None:
-        """Run until SIGINT/SIGTERM, then stop cleanly; SIGHUP reloads the policy."""
+    async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM, then stop cleanly; SIGHUP reloads the policy.
+
+        ``ready`` is called once the signal handlers are in place: ``pecgw serve`` writes its pid
+        file then, so a ``pecgw reload`` can never meet SIGHUP's default action (ending the process).
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: self.reload}
@@ -120,6 +125,8 @@ class Gateway:
                 loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("stopping")
         await self.stop()

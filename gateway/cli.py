@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.cli_error import CliError
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.secret import Secret
 
@@ -23,10 +24,6 @@ __all__ = ["main"]
 
 DEFAULT_CONFIG = os.environ.get("PECGW_CONFIG", "/etc/pecgw/gateway.toml")
 DEMO_CONFIG = Path("demo-state") / "gateway.toml"
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
 
 
 def _read_secret(what: str) -> Secret:
@@ -50,13 +47,36 @@ def cmd_serve(args) -> int:
     config = _config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.app import Gateway
+    from gateway.pidfile import remove_pid, running_gateway, write_pid
+
+    pid_file = config.pid_file
+    other = running_gateway(pid_file)
+    if other is not None:
+        raise CliError(f"{pid_file}: a gateway is already running (pid {other}); stop it first, "
+                       "or make it reload its policy with 'pecgw reload'")
+    if not os.access(pid_file.parent, os.W_OK):
+        raise CliError(f"{config.source}: pid_file: cannot write {pid_file} (its folder is missing "
+                       "or not writable for this user)")
+
+    def claim() -> None:  # called once SIGHUP reloads instead of ending the process
+        try:
+            write_pid(pid_file)
+        except OSError as exc:
+            raise CliError(f"{config.source}: pid_file: cannot write {pid_file}: {exc.strerror or exc}") from None
 
     async def run() -> None:
         gw = Gateway(config)
         await gw.start()
-        await gw.serve_forever()
+        try:
+            await gw.serve_forever(ready=claim)
+        except CliError:
+            await gw.stop()
+            raise
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        remove_pid(pid_file)
     return 0
 
 
@@ -72,6 +92,10 @@ def cmd_check_config(args) -> int:
     missing = [m.name for m in config.mailboxes.values() if vault.get(m.password_vault_key) is None]
     for name in missing:
         print(f"warning: mailbox {name}: no password in the vault (pecgw vault set {name})")
+    from gateway.policy_cli import unused_mailboxes
+
+    for line in unused_mailboxes(config, policy):
+        print(f"warning: {line}")
     print(f"{config.source}: OK ({len(config.mailboxes)} mailboxes, {len(policy.offices)} offices)")
     return 0
 
@@ -166,6 +190,25 @@ def cmd_otp_code(args) -> int:
     return 0
 
 
+# -- policy, reload (gateway/policy_cli.py) ------------------------------------------------------
+def cmd_policy_check(args) -> int:
+    from gateway.policy_cli import cmd_policy_check as run
+
+    return run(args)
+
+
+def cmd_policy_explain(args) -> int:
+    from gateway.policy_cli import cmd_policy_explain as run
+
+    return run(args)
+
+
+def cmd_reload(args) -> int:
+    from gateway.policy_cli import cmd_reload as run
+
+    return run(args)
+
+
 # -- demo -------------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from gateway.demo.runner import run_demo
@@ -207,6 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
     oc.add_argument("user")
     oc.set_defaults(func=cmd_otp_code)
 
+    pol = sub.add_parser("policy", help="check the office folder policy, or explain what a person gets")
+    pol_sub = pol.add_subparsers(dest="policy_cmd", required=True)
+    with_config(pol_sub.add_parser(
+        "check", help="validate the policy file (--config: gateway.toml, or the policy file itself)",
+        description="Validate the policy: errors exit 2, warnings are printed and exit 0.")).set_defaults(
+        func=cmd_policy_check)
+    pe = with_config(pol_sub.add_parser(
+        "explain", help="a person's offices, and their rights per mailbox and folder, with the deciding rules",
+        description="The person's groups come from the directory of the gateway configuration, or from "
+                    "--groups (required when --config names a bare policy file)."))
+    pe.add_argument("--groups", metavar="A,B", help="the person's directory groups, comma-separated; "
+                                                    "skips the directory")
+    pe.add_argument("user", help="the login name, e.g. carla")
+    pe.add_argument("mailbox", nargs="?", help="only this mailbox (default: every mailbox the person can use)")
+    pe.add_argument("folder", nargs="?", help="the rights on this folder (its human name, e.g. Contabilità)")
+    pe.set_defaults(func=cmd_policy_explain)
+    with_config(sub.add_parser(
+        "reload", help="check the policy, then make the running gateway reload it (SIGHUP)",
+        description="Validates like 'policy check'; only a valid policy is signalled to the gateway "
+                    "whose pid is in pid_file.")).set_defaults(func=cmd_reload)
+
     demo = sub.add_parser("demo", help="run the gateway in front of an embedded sandbox PEC provider")
     demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its files")
     demo.add_argument("--imap-port", type=int, default=9993, help="implicit-TLS IMAP port (default 9993)")
@@ -225,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - last line of defence, no traceback with secrets
+        from gateway.auth.static_directory import StaticDirectoryError
         from gateway.vault import VaultError
 
-        if isinstance(exc, (VaultError, OSError)):
+        if isinstance(exc, (VaultError, OSError, StaticDirectoryError)):
             print(f"pecgw: {exc}", file=sys.stderr)
             return 2
         raise

@@ -129,6 +129,7 @@ class GatewayConfig:
     audit: AuditConfig
     policy_file: Path  # offices and folder rights (policy/); reloaded on SIGHUP
     mailboxes: dict[str, MailboxConfig]
+    pid_file: Path  # written by 'pecgw serve', read by 'pecgw reload'; default <vault folder>/pecgw.pid
     log_level: str = "INFO"
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
 
@@ -341,9 +342,14 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
         raise mt.error("", "at least one mailbox is required")
     log_level = root.str("log_level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     demo = root.bool("demo", False)
+    # The vault's folder is the one the gateway must be able to write anyway (vault set, OTP
+    # enrolment), so the pid file lives there unless the operator says otherwise.
+    if data.get("pid_file") == "":
+        raise root.error("pid_file", "must not be empty (omit it for the default, next to the vault)")
+    pid_file = root.path("pid_file", vault.path.parent / "pecgw.pid")
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
-                         policy_file=policy_file, mailboxes=mailboxes,
+                         policy_file=policy_file, mailboxes=mailboxes, pid_file=pid_file,
                          log_level=log_level, demo=demo)
 
 

@@ -65,6 +65,6 @@ class LivePolicy:
             return str(exc)
         self.current = policy
         self.generation += 1
-        log.info("policy reloaded from %s (generation %d): %d offices, %d mailboxes",
+        log.info("policy reloaded from %s (generation %d): offices %d, mailboxes %d",
                  self.path, self.generation, len(policy.offices), len(policy.mailboxes))
         return None

@@ -144,3 +144,11 @@ def test_otp_enroll_prints_qr_and_uri_and_writes_png(tmp_path, pki):
     assert h.vault.get("otp/alice") == secret
     code = pecgw("otp", "code", "alice", "--config", str(cfg))
     assert code.returncode == 2 and "only works on a demo configuration" in code.stderr
+
+
+def test_check_config_reports_a_broken_users_file_in_one_line(tmp_path, pki):
+    h, cfg = offline_config(tmp_path, pki)
+    (tmp_path / "users.toml").write_text("[users.alice]\npassword = 42\n")
+    proc = pecgw("check-config", "--config", str(cfg))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("pecgw: ") and "users.alice.password" in proc.stderr, proc.stderr
