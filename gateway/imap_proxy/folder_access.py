@@ -78,12 +78,32 @@ class FolderAccess:
         found = self._cache.get(wire)
         if found is not None:
             return found
-        name = self.human(wire)
+        name = self.canonical(self.human(wire))
         decision = HIDDEN if name is None else self.decide_human(name)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[wire] = decision
         return decision
+
+    def canonical(self, name: str | None) -> str | None:
+        """The folder a name denotes, as the policy matches it, or None when it is suspect.
+
+        A trailing delimiter names the folder itself (``CREATE Lavoro/`` is RFC 3501's way to
+        create a folder meant to hold subfolders; a provider may treat ``SELECT Segreto/`` as
+        ``Segreto``), so it is dropped before matching — otherwise ``*`` granting more than an
+        exact ``Segreto`` rule would match it.  Empty, ``.`` and ``..`` components have no
+        meaning a rule could express and might be resolved by the provider's file system: such
+        names get no rights at all.
+        """
+        if name is None:
+            return None
+        delim = self.delimiter
+        stripped = name.rstrip(delim)
+        if not stripped:
+            return None
+        if any(part in ("", ".", "..") for part in stripped.split(delim)):
+            return None
+        return stripped
 
     def decide_human(self, name: str) -> Decision:
         assert self.policy is not None

@@ -275,3 +275,21 @@ def test_fetch_rfc822_response_keeps_the_name_the_client_asked_for():
     s.client_data(b"f2 FETCH 1 BODY.PEEK[]\r\n")
     out = s.upstream_data(b"* 1 FETCH (BODY[] {5}\r\nhello)\r\nf2 OK done\r\n")
     assert sent(out) == b"* 1 FETCH (BODY[] {5}\r\nhello)\r\nf2 OK done\r\n"
+
+
+@pytest.mark.parametrize("name", [b'"Contabilit&AOA-/"', b'"Contabilit&AOA-//"', b'"/Contabilit&AOA-"',
+                                  b'"Lavoro/../Contabilit&AOA-"', b'"Lavoro//x"', b'"Lavoro/./x"', b'"/"'])
+def test_odd_spellings_of_a_name_get_no_rights(name):
+    """A trailing delimiter names the folder itself; empty or dot components are never guessed at."""
+    s = session(None)
+    out = s.client_data(b"t1 SELECT %s\r\n" % name)
+    assert sent(out, act.SendToUpstream) == b""
+    assert sent(out) == b"t1 NO [NONEXISTENT] No such folder\r\n"
+
+
+def test_a_trailing_delimiter_is_judged_as_the_folder_itself():
+    s = session(None)
+    assert sent(s.client_data(b"t1 SELECT Lettura/\r\n"), act.SendToUpstream) == b"t1 EXAMINE Lettura/\r\n"
+    s.upstream_data(b"t1 OK [READ-ONLY] done\r\n")
+    out = s.client_data(b"t2 DELETE Lavoro/\r\n")
+    assert sent(out) == b"t2 NO [NOPERM] DELETE needs the 'x' right on this folder\r\n"
