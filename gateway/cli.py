@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("user", help="the login name, e.g. carla")
     pe.add_argument("mailbox", nargs="?", help="only this mailbox (default: every mailbox the person can use)")
     pe.add_argument("folder", nargs="?", help="the rights on this folder (its human name, e.g. Contabilità)")
+    pe.add_argument("--rules", action="store_true",
+                    help="with a gateway.toml and a MAILBOX, list the rules instead of asking the "
+                         "provider for the folders and showing the rights on each")
     pe.set_defaults(func=cmd_policy_explain)
     with_config(sub.add_parser(
         "reload", help="check the policy, then make the running gateway reload it (SIGHUP)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,38 @@ def cmd_policy_explain(args) -> int:
                        "to ask the directory")
     else:
         groups = directory_groups(target.config, args.user)
+    folders = None
+    if target.config is not None and args.mailbox and args.folder is None and not args.rules:
+        folders = folders_at_provider(target.config, args.mailbox)
     try:
-        print(explain(target.policy, args.user, groups, mailbox=args.mailbox, folder=args.folder), end="")
+        print(explain(target.policy, args.user, groups, mailbox=args.mailbox, folder=args.folder,
+                      folders=folders), end="")
     except ValueError as exc:
         raise CliError(str(exc)) from None
     return 0
+
+
+def folders_at_provider(config: GatewayConfig, mailbox: str) -> list[str] | None:
+    """The mailbox's folder list from its provider, for a per-folder report; None (and a note on
+    stderr) when the provider cannot be asked — the report then lists the rules instead."""
+    import asyncio
+
+    from gateway.app import open_vault
+    from gateway.imap_proxy.upstream import UpstreamError, provider_folders
+
+    mb = config.mailboxes.get(mailbox)
+    if mb is None:
+        return None  # explain() names the unknown mailbox
+    password = open_vault(config).get(mb.password_vault_key)
+    why = f"no password in the vault (pecgw vault set {mailbox})" if password is None else ""
+    if password is not None:
+        try:
+            return asyncio.run(provider_folders(mb.imap, password))
+        except UpstreamError as exc:
+            why = str(exc)
+    print(f"note: the folder list of {mailbox} could not be read from the provider ({why}); "
+          "showing the rules instead", file=sys.stderr)
+    return None
 
 
 # -- reload ------------------------------------------------------------------------------------

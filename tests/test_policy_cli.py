@@ -20,7 +20,7 @@ import pytest
 from gateway.config import ConfigError, parse_config
 from gateway.pidfile import is_gateway_cmdline
 from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, ldap_directory, office_policy, write_gateway_config
+from tests.fixtures.gateway import GatewayHarness, ldap_directory, office_policy, upstream_table, write_gateway_config
 from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,3 +368,34 @@ def test_reload_without_a_running_gateway(tmp_path, pki):
     bare = pecgw("reload", "--config", str(h.workdir / "policy.toml"))
     assert bare.returncode == 2 and "is not a gateway configuration (no [imap] table)" in bare.stderr
     assert os.path.exists(pid_file)  # untouched
+
+
+def test_explain_lists_the_rights_on_every_folder_the_provider_has(tmp_path, pki, slapd, dovecot, pec_mailbox):
+    """With gateway.toml and a mailbox, explain asks the provider for the folders (real Dovecot)."""
+    h = GatewayHarness(tmp_path / "gw", pki)
+    h.vault.set("ldap/bind", Secret(slapd.service_password))
+    h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
+    tables = h.base_tables(directory=ldap_directory(slapd), policy={}, mailboxes={
+        "protocollo": {"address": pec_mailbox.address,
+                       "imap": upstream_table(dovecot, pki, pec_mailbox.address)}})
+    (tmp_path / "gw" / "policy.toml").write_text(EXAMPLE_POLICY.read_text(encoding="utf-8"), encoding="utf-8")
+    cfg = write_gateway_config(tmp_path / "gateway.toml", tables)
+    proc = pecgw("policy", "explain", "--config", str(cfg), "bruno", "protocollo")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = {explain_row(proc.stdout, name)[0]: explain_row(proc.stdout, name)
+            for name in pec_mailbox.folders}
+    assert set(rows) == set(pec_mailbox.folders)  # every folder, in human names
+    assert rows["Contabilità"] == ["Contabilità", "lr", "acquisti", "lr", "mailboxes.protocollo.rules[8]",
+                                   "Contabilità"]
+    assert rows["Ufficio Legale"][:4] == ["Ufficio Legale", "-", "acquisti", "-"]
+    assert rows["Acquisti/Fornitori"][:2] == ["Acquisti/Fornitori", "lrswik"]
+    assert pec_mailbox.password not in proc.stdout + proc.stderr
+
+    rules = pecgw("policy", "explain", "--config", str(cfg), "--rules", "bruno", "protocollo")
+    assert rules.returncode == 0 and "(no rule matches)" in rules.stdout and rules.stderr == ""
+
+    h.vault.set("mailbox/protocollo", Secret("wrong-password"))
+    fallback = pecgw("policy", "explain", "--config", str(cfg), "bruno", "protocollo")
+    assert fallback.returncode == 0 and "(no rule matches)" in fallback.stdout
+    assert fallback.stderr.startswith("note: the folder list of protocollo could not be read from the provider")
+    assert "wrong-password" not in fallback.stdout + fallback.stderr

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 from gateway.config import UpstreamConfig
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer
+from gateway.imap_proxy.mailbox import MailboxNameError, decode_mutf7
 from gateway.imap_proxy.provider_link import ProviderLink
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.session import GATEWAY_TAG_PREFIX
+from gateway.imap_proxy.syntax import Reader, String, TokenError
 from gateway.secret import Secret
 
-__all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context"]
+__all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context", "provider_folders"]
 
 
 class UpstreamError(Exception):
@@ -84,8 +86,9 @@ class _Conversation:
             if status.code == "CAPABILITY":
                 self.capabilities = status.code_data.split()
 
-    async def tagged(self, tag: str, *, on_continuation=None):
-        """Read until the tagged reply for ``tag``; call ``on_continuation`` for each ``+``."""
+    async def tagged(self, tag: str, *, on_continuation=None, on_untagged=None):
+        """Read until the tagged reply for ``tag``; call ``on_continuation`` for each ``+`` and
+        ``on_untagged(head, frame)`` for each untagged response other than BYE."""
         while True:
             frame = await self.frame()
             head = classify(frame)
@@ -97,6 +100,8 @@ class _Conversation:
             if head.kind is Kind.UNTAGGED:
                 if head.name == "BYE":
                     raise UpstreamError("protocol", f"the provider said BYE: {parse_status(frame).text[:200]}")
+                if on_untagged is not None:
+                    on_untagged(head, frame)
                 continue
             if head.tag == tag:
                 return parse_status(frame)
@@ -186,3 +191,50 @@ async def open_upstream(cfg: UpstreamConfig, password: Secret) -> UpstreamSessio
         raise UpstreamError("protocol", f"unexpected reply from {cfg.host}:{cfg.port}: {type(exc).__name__}") from None
     leftover = conv.framer.clear()
     return UpstreamSession(link, list(conv.capabilities or ()), leftover)
+
+
+async def provider_folders(cfg: UpstreamConfig, password: Secret) -> list[str]:
+    """The mailbox's folders as the provider lists them (``LIST "" "*"``), human Unicode names.
+
+    For ``pecgw policy explain``: a separate short session of the gateway's own, closed with
+    LOGOUT.  ``\\NonExistent`` entries (LIST-EXTENDED placeholders) are left out; a name that is
+    not valid modified UTF-7 is shown as it came, so it is still visible in the report.
+    """
+    up = await open_upstream(cfg, password)
+    conv = _Conversation(up.link)
+    if up.leftover:  # b"" would mean end of stream
+        conv.framer.receive_data(up.leftover)
+    names: list[str] = []
+
+    def on_list(head, frame: Frame) -> None:
+        if head.name != "LIST":
+            return
+        try:
+            reader = Reader(frame, start=1)
+            reader.read()  # LIST
+            flags = reader.read()
+            reader.read()  # the hierarchy delimiter
+            name = reader.read()
+        except TokenError:
+            return
+        if isinstance(flags, list) and any(str(f).upper() == "\\NONEXISTENT" for f in flags):
+            return
+        wire = bytes(name) if isinstance(name, String) else str(name).encode("latin-1")
+        try:
+            names.append(decode_mutf7(wire))
+        except MailboxNameError:
+            names.append(wire.decode("latin-1"))
+
+    try:
+        async with asyncio.timeout(cfg.login_timeout_s):
+            tag = conv.next_tag()
+            up.link.write(b'%s LIST "" "*"\r\n' % tag.encode())
+            status = await conv.tagged(tag, on_untagged=on_list)
+            if status.status != "OK":
+                raise UpstreamError("protocol", f"LIST refused by the provider: {status.text[:200]}")
+            up.link.write(b"%s LOGOUT\r\n" % conv.next_tag().encode())  # its BYE is not waited for
+    except TimeoutError:
+        raise UpstreamError("timeout", f"LIST at {cfg.host}:{cfg.port} timed out") from None
+    finally:
+        up.link.close()
+    return names
