@@ -7,10 +7,13 @@ pipelined replies stay in the order the client sent its commands (mbsync keeps ~
 
 :class:`UpstreamPacer` writes whole client commands to the provider.  The gateway answers the
 client's synchronising literals itself (so the client's upload is never stalled by a provider
-round trip it cannot see), and then forwards each literal to the provider in the form the provider
-accepts: exact bytes where possible — ``{N}`` waits for the provider's ``+`` as the client would
-have — and ``{N+}`` rewritten to ``{N}`` only when the provider lacks LITERAL+ (RFC 7888).
-Only one command may be mid-literal toward the provider; later commands queue behind it.
+round trip it cannot see), and then forwards every literal to the provider as a synchronising
+``{N}``, waiting for its ``+`` — even when the provider offers LITERAL+.  A provider that finds an
+error in a command *before* one of its literals answers BAD and goes on reading at the next line:
+with ``{N+}`` it would read the literal's octets as commands nobody checked (Dovecot 2.3 does
+exactly that for ``APPEND box "bad-date" {N+}``).  With ``{N}`` it says BAD instead of ``+`` and
+the literal is never sent.  Only one command may be mid-literal toward the provider; later
+commands queue behind it.
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ from dataclasses import dataclass
 from gateway.imap_proxy.commands import Command
 from gateway.imap_proxy.framing import Frame, LiteralKind
 
-__all__ = ["InFlightEntry", "InFlightTable", "UpstreamPacer", "LITERAL_MINUS_MAX"]
-
-#: RFC 7888 §3: with LITERAL- only literals of at most 4096 octets may be non-synchronising.
-LITERAL_MINUS_MAX = 4096
+__all__ = ["InFlightEntry", "InFlightTable", "UpstreamPacer"]
 
 
 @dataclass
@@ -85,17 +85,24 @@ class InFlightTable:
 @dataclass(frozen=True)
 class _Chunk:
     data: bytes
-    wait: bool  # True when the provider's "+" must arrive before the next chunk
+    wait: str | None  # "literal": the provider's "+" must come before the next chunk; "idle": a "+" is owed
 
 
 class UpstreamPacer:
-    """Serialises client commands toward the provider, honouring synchronising literals."""
+    """Serialises client commands toward the provider, and knows whom each ``+`` is for.
 
-    def __init__(self, *, literal_plus: bool, literal_minus: bool = False) -> None:
-        self.literal_plus = literal_plus
-        self.literal_minus = literal_minus
+    The provider answers ``+`` both to a synchronising literal and to IDLE (RFC 2177).  A ``+``
+    taken for the wrong command would send a literal the provider never asked for — if it then
+    refuses the command, it reads the literal's octets as commands the gateway never checked.
+    So every write that makes the provider owe a ``+`` is noted, in order, with its tag
+    (:attr:`owed`); each ``+`` is matched to the oldest one, and a tagged reply cancels what its
+    command was still owed.
+    """
+
+    def __init__(self) -> None:
         self._queue: deque[tuple[str, deque[_Chunk]]] = deque()
         self._waiting_tag: str | None = None
+        self.owed: deque[tuple[str, str]] = deque()  # (tag, "literal" | "idle"), oldest first
 
     @property
     def waiting_tag(self) -> str | None:
@@ -106,41 +113,44 @@ class UpstreamPacer:
     def idle(self) -> bool:
         return self._waiting_tag is None and not self._queue
 
-    def _non_sync_ok(self, size: int) -> bool:
-        return self.literal_plus or (self.literal_minus and size <= LITERAL_MINUS_MAX)
-
-    def chunks_for(self, frame: Frame) -> deque[_Chunk]:
+    def chunks_for(self, frame: Frame, *, idle: bool = False) -> deque[_Chunk]:
         if not frame.literals:
-            return deque([_Chunk(frame.lines[0], False)])
+            return deque([_Chunk(frame.lines[0], "idle" if idle else None)])
         chunks: deque[_Chunk] = deque()
         current = bytearray()
         for line, literal, marker in zip(frame.lines, frame.literals, frame.markers):
-            if marker.kind is not LiteralKind.SYNC and self._non_sync_ok(marker.size):
-                current += line
-                current += literal
-                continue
+            prefix = b"~" if marker.binary else b""
             if marker.kind is not LiteralKind.SYNC:
-                prefix = b"~" if marker.binary else b""
                 line = line[: marker.start] + prefix + b"{%d}\r\n" % marker.size
             current += line
-            chunks.append(_Chunk(bytes(current), True))
+            chunks.append(_Chunk(bytes(current), "literal"))
             current = bytearray(literal)
         current += frame.lines[-1]
-        chunks.append(_Chunk(bytes(current), False))
+        chunks.append(_Chunk(bytes(current), None))
         return chunks
 
-    def submit(self, tag: str, frame: Frame) -> list[bytes]:
-        """Queue a command; return what may be written to the provider now."""
-        self._queue.append((tag, self.chunks_for(frame)))
+    def submit(self, tag: str, frame: Frame, *, idle: bool = False) -> list[bytes]:
+        """Queue a command (``idle``: it is IDLE, which the provider answers with ``+``);
+        return what may be written to the provider now."""
+        self._queue.append((tag, self.chunks_for(frame, idle=idle)))
         return self._pump()
 
-    def continuation(self) -> list[bytes]:
-        """The provider sent ``+`` for the waiting literal; return what to write next."""
-        self._waiting_tag = None
-        return self._pump()
+    def continuation(self) -> tuple[str | None, list[bytes]]:
+        """The provider sent ``+``: whom it was for (``"literal"``, ``"idle"``, or None when
+        nothing was owed) and what to write next."""
+        if not self.owed:
+            return None, []
+        tag, kind = self.owed.popleft()
+        if kind == "literal" and tag == self._waiting_tag:
+            self._waiting_tag = None
+            return kind, self._pump()
+        return kind, []
 
-    def refused(self, tag: str) -> list[bytes]:
-        """The provider answered the waiting command with a tagged reply instead of ``+``."""
+    def completed(self, tag: str) -> list[bytes]:
+        """The tagged reply for ``tag`` arrived: it is owed nothing more, and a literal of it
+        still held is dropped (the provider refused the command instead of asking for it)."""
+        if any(t == tag for t, _ in self.owed):
+            self.owed = deque((t, k) for t, k in self.owed if t != tag)
         if self._waiting_tag == tag:
             self._waiting_tag = None
             if self._queue and self._queue[0][0] == tag:
@@ -155,6 +165,8 @@ class UpstreamPacer:
             out.append(chunk.data)
             if not chunks:
                 self._queue.popleft()
-            if chunk.wait:
+            if chunk.wait is not None:
+                self.owed.append((tag, chunk.wait))
+            if chunk.wait == "literal":
                 self._waiting_tag = tag
         return out

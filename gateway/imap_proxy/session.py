@@ -177,7 +177,7 @@ class ImapSession:
             access = FolderAccess(self._policy, result.person or "", result.groups, result.mailbox or "")
             self._guard = FolderGuard(access, unselect="UNSELECT" in upper)
             self.offices = access.offices
-            self._pacer = UpstreamPacer(literal_plus="LITERAL+" in upper, literal_minus="LITERAL-" in upper)
+            self._pacer = UpstreamPacer()
             self.client_framer.max_literal = self.limits.max_literal
             self.client_framer.max_message = self.limits.max_literal + 1024 * 1024
             self._set_state(SessionState.AUTHENTICATED)
@@ -377,6 +377,10 @@ class ImapSession:
                                % (cmd.tag.encode(), cmd.display_name.encode()))
         if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
             return self._reply(cmd, b"%s BAD Tag prefix reserved by the gateway\r\n" % cmd.tag.encode())
+        if self.inflight.find(cmd.tag) is not None:
+            # RFC 3501 §2.2.1: tags are unique per command.  Two alike in flight would let one's
+            # reply be taken for the other's — a literal dropped, a SELECT judged wrongly.
+            return self._reply(cmd, b"%s BAD Tag already in use by a command in progress\r\n" % cmd.tag.encode())
         assert self._guard is not None
         verdict = self._guard.check(cmd)
         self.offices = self._guard.access.offices
@@ -399,7 +403,8 @@ class ImapSession:
         elif cmd.name == "LOGOUT":
             self._logout_entry = entry
         assert self._pacer is not None
-        return out + [act.SendToUpstream(chunk) for chunk in self._pacer.submit(cmd.tag, frame)]
+        chunks = self._pacer.submit(cmd.tag, frame, idle=cmd.name == "IDLE")
+        return out + [act.SendToUpstream(chunk) for chunk in chunks]
 
     def _apply_verdict(self, verdict: Verdict) -> list:
         """The side effects of a policy verdict: the gateway's own commands, notices, audit rows."""
@@ -461,7 +466,8 @@ class ImapSession:
         if frame.literals or frame.first_line.upper() != b"DONE":
             return self._bye(b"Expected DONE to end IDLE", reason="client_idle_protocol")
         self._idling = False
-        return [act.SendToUpstream(frame.raw)]
+        assert self._pacer is not None and self._idle_entry is not None
+        return [act.SendToUpstream(c) for c in self._pacer.submit(self._idle_entry.tag, frame)]
 
     def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
         """Answer a command from the gateway, in order with replies still due from the provider."""
@@ -472,10 +478,10 @@ class ImapSession:
     def _on_upstream_frame(self, frame: Frame) -> list:
         head = classify(frame)
         if head.kind is Kind.CONTINUATION:
-            if self._pacer is not None and self._pacer.waiting_tag is not None:
-                out = [act.SendToUpstream(c) for c in self._pacer.continuation()]
-                return out + self._pump_client()
-            return [act.SendToClient(frame.raw)]
+            kind, chunks = self._pacer.continuation() if self._pacer is not None else (None, [])
+            if kind == "literal":
+                return [act.SendToUpstream(c) for c in chunks] + self._pump_client()
+            return [act.SendToClient(frame.raw)]  # IDLE's "+ idling" (or one nobody was owed)
         if head.kind is Kind.UNTAGGED:
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
@@ -495,8 +501,8 @@ class ImapSession:
         out: list = []
         if tag.startswith(GATEWAY_TAG_PREFIX):
             return out  # the gateway's own commands: consumed here (identity resolution, later)
-        if self._pacer is not None and self._pacer.waiting_tag == tag:
-            out += [act.SendToUpstream(c) for c in self._pacer.refused(tag)]
+        if self._pacer is not None:
+            out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
         if self._guard is not None:
             frame = self._guard.tagged_reply(tag, frame)
         data = self._rewrite_capability_code(frame)

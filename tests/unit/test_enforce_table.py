@@ -56,7 +56,7 @@ TABLE = [
     (None, b'select "Flag" (CONDSTORE)', (RELAY, b'select "Flag" (CONDSTORE)')),
     (None, b'SELECT Altro', (b"NO [NOPERM] SELECT needs the 'r' right on this folder", "r")),
     (None, b'SELECT Contabilit&AOA-', (b"NO [NONEXISTENT] No such folder", "l")),
-    (None, b'EXAMINE {7+}\r\nLettura', (RELAY, b'EXAMINE {7+}\r\nLettura')),
+    (None, b'EXAMINE {7+}\r\nLettura', (RELAY, b'EXAMINE {7}')),  # the literal waits for the provider's "+"
     (None, b'EXAMINE "Solo Inserimento"', (b"NO [NOPERM] EXAMINE needs the 'r' right on this folder", "r")),
     # STATUS, SUBSCRIBE, GETQUOTAROOT
     (None, b'STATUS Lettura (MESSAGES UNSEEN)', (RELAY, b'STATUS Lettura (MESSAGES UNSEEN)')),
@@ -105,8 +105,8 @@ TABLE = [
     (b'Lavoro', b'UID MOVE 1 "Lavoro/Archivio"', (RELAY, b'UID MOVE 1 "Lavoro/Archivio"')),
     (b'Lavoro', b'MOVE 1 Lettura', (b"NO [NOPERM] MOVE needs the 'i' right on this folder", "i")),
     # APPEND: l+i, and the flags' rights
-    (None, b'APPEND Lavoro (\\Seen \\Deleted) {3+}\r\nabc', (RELAY, b'APPEND Lavoro (\\Seen \\Deleted) {3+}\r\nabc')),
-    (None, b'APPEND "Solo Inserimento" {3+}\r\nabc', (RELAY, b'APPEND "Solo Inserimento" {3+}\r\nabc')),
+    (None, b'APPEND Lavoro (\\Seen \\Deleted) {3+}\r\nabc', (RELAY, b'APPEND Lavoro (\\Seen \\Deleted) {3}')),
+    (None, b'APPEND "Solo Inserimento" {3+}\r\nabc', (RELAY, b'APPEND "Solo Inserimento" {3}')),
     (None, b'APPEND "Solo Inserimento" (\\Seen) {3+}\r\nabc',
      (b"NO [NOPERM] APPEND needs the 's' right for these flags", "s")),
     (None, b'APPEND Lettura {3+}\r\nabc', (b"NO [NOPERM] APPEND needs the 'i' right on this folder", "i")),
@@ -262,8 +262,20 @@ def test_append_allowed_gets_the_continuation_and_is_relayed():
     s = session(None)
     assert sent(s.client_data(b"A1 APPEND Lavoro {3}\r\n")) == b"+ Ready for literal data\r\n"
     out = s.client_data(b"abc\r\n")
-    assert sent(out, act.SendToUpstream) == b"A1 APPEND Lavoro {3}\r\n"  # the literal follows the provider's "+"
-    assert sent(s.upstream_data(b"+ go\r\n"), act.SendToUpstream) == b"abc\r\n"
+    # even with LITERAL+ at the provider, the literal waits for its "+": a provider that refuses
+    # the command first must never get the octets (it would read them as commands)
+    assert sent(out, act.SendToUpstream) == b"A1 APPEND Lavoro {3}\r\n"
+    assert sent(s.upstream_data(b"+ OK\r\n"), act.SendToUpstream) == b"abc\r\n"
+
+
+def test_a_command_the_provider_refuses_before_its_literal_never_gets_the_literal():
+    smuggled = b"x1 SELECT Contabilit&AOA-\r\nx2 EXPUNGE\r\n"
+    s = session(b"Lavoro")
+    out = s.client_data(b'a1 APPEND Lavoro "garbage" {%d+}\r\n' % len(smuggled) + smuggled + b"\r\n")
+    assert sent(out, act.SendToUpstream) == b'a1 APPEND Lavoro "garbage" {%d}\r\n' % len(smuggled)
+    out = s.upstream_data(b"a1 BAD Error in IMAP command APPEND: Invalid internal date\r\n")
+    assert sent(out, act.SendToUpstream) == b""
+    assert sent(s.client_data(b"n1 NOOP\r\n"), act.SendToUpstream) == b"n1 NOOP\r\n"
 
 
 def test_fetch_rfc822_response_keeps_the_name_the_client_asked_for():

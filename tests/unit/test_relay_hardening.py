@@ -176,12 +176,15 @@ def test_commands_queued_behind_a_waiting_literal_stop_client_reads():
 # ================================================================ 6. state bookkeeping by tag
 
 def test_reply_to_an_earlier_command_with_the_logout_tag_does_not_end_the_session():
-    """``_logout_tag`` is matched by tag text: the reply to an earlier command that reused the tag
-    closes the session before the LOGOUT's own replies (same pattern for ``_idle_tag``)."""
+    """A LOGOUT reusing the tag of a command still in flight is refused, so the earlier command's
+    reply can never be taken for the LOGOUT's and close the session early."""
     s = logged_in()
-    s.client_data(b"z NOOP\r\nz LOGOUT\r\n")
+    out = s.client_data(b"z NOOP\r\nz LOGOUT\r\n")
+    assert sent(out, act.SendToUpstream) == b"z NOOP\r\n"
     out = s.upstream_data(b"z OK NOOP completed\r\n")
     assert not closes(out) and s.state is SessionState.AUTHENTICATED
+    assert sent(out) == b"z OK NOOP completed\r\nz BAD Tag already in use by a command in progress\r\n"
+    s.client_data(b"z LOGOUT\r\n")  # once the tag is free again, it is a LOGOUT like any other
     out = s.upstream_data(b"* BYE Logging out\r\nz OK Logout completed\r\n")
     assert isinstance(out[-1], act.Close)
 
