@@ -9,6 +9,8 @@ Acquisti, Acquisti/Fornitori and Contabilità):
   Contabilità, works in Acquisti and its subfolders.
 
 Dovecot is always checked directly, with the provider password, to see what really happened.
+The last tests send hostile byte sequences with a raw TLS client — what a person could type to
+get around the policy — and check at Dovecot that nothing the policy forbids happened.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 from gateway.secret import Secret
 from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
+from tests.fixtures.raw_imap import RawImap
 from tests.test_third_party_clients import maildir_snapshot, mbsync_config, run_mbsync
 
 MBSYNC = shutil.which("mbsync")
@@ -237,3 +240,75 @@ def test_reload_takes_effect_at_the_next_command_of_a_live_session(gw):
         alice.logout()
     withdrawn = [r for r in gw.audit_events() if r["action"] == "folder_withdrawn"]
     assert [(r["person"], r["folder"]) for r in withdrawn] == [("alice", "Ricevute")]
+
+
+# -- hostile byte sequences ------------------------------------------------------------------
+SMUGGLED = (b'x1 SELECT "Contabilit&AOA-"\r\n'  # hidden from alice
+            b'x2 FETCH 1 BODY[]\r\n'
+            b'x3 STORE 1 +FLAGS (\\Deleted)\r\n'  # no t anywhere
+            b'x4 EXPUNGE\r\n')  # no e anywhere
+
+
+def raw_login(gw, user: str) -> RawImap:
+    r = RawImap("localhost", gw.ports["implicit"], gw.client_context())
+    cred = gw.credential(user, f"{user}-password")
+    out = r.command(b'l LOGIN %s "%s"\r\n' % (user.encode(), cred.encode()), b"l")
+    assert b"l OK" in out, out
+    return r
+
+
+def messages(gw, dovecot, folder: str) -> int:
+    d = direct(gw, dovecot)
+    try:
+        _, data = d.status(f'"{folder}"', "(MESSAGES)")
+        return int(data[0].rsplit(b"MESSAGES ", 1)[1].rstrip(b")"))
+    finally:
+        d.logout()
+
+
+@pytest.mark.parametrize("prefix,marker", [
+    (b"i1 IDLE\r\nDONE\r\n", b"{%d}"),  # IDLE's "+ idling" must not release APPEND's literal
+    (b"", b"{%d+}"),  # a non-synchronising literal after an argument the provider refuses
+])
+def test_a_literal_the_provider_never_asked_for_is_never_sent(gw, dovecot, prefix, marker):
+    before = messages(gw, dovecot, "Contabilit&AOA-")
+    alice = raw_login(gw, "alice")
+    try:
+        alice.send(prefix + b'a1 APPEND "Ufficio Legale" "not a date" ' + marker % len(SMUGGLED) + b"\r\n"
+                   + SMUGGLED + b"\r\n")
+        got = alice.tagged(b"a1")
+        assert got.rstrip().endswith(b"Invalid internal date") or b"a1 BAD" in got, got
+        after = alice.command(b"z1 NOOP\r\n", b"z1", timeout=3)
+    finally:
+        alice.close()
+    assert b"x4" not in got + after and b"x1" not in got + after
+    assert messages(gw, dovecot, "Contabilit&AOA-") == before
+
+
+def test_hidden_and_missing_folders_get_the_same_replies(gw):
+    bruno = raw_login(gw, "bruno")  # "Ufficio Legale" is hidden from him; "Acquisti/Manca" is missing
+    try:
+        for verb, extra in ((b"SELECT", b""), (b"EXAMINE", b""), (b"STATUS", b" (MESSAGES)"),
+                            (b"SUBSCRIBE", b""), (b"UNSUBSCRIBE", b"")):
+            hidden = bruno.command(b't %s "Ufficio Legale"%s\r\n' % (verb, extra), b"t").splitlines()[-1]
+            missing = bruno.command(b't %s "Acquisti/Manca"%s\r\n' % (verb, extra), b"t").splitlines()[-1]
+            if verb == b"UNSUBSCRIBE":  # OK either way (the provider's text carries timings)
+                assert hidden.split()[:2] == missing.split()[:2] == [b"t", b"OK"]
+            else:
+                assert hidden == missing == b"t NO [NONEXISTENT] No such folder", verb
+    finally:
+        bruno.close()
+
+
+def test_a_flag_list_followed_by_more_flags_is_refused(gw, dovecot):
+    bruno = raw_login(gw, "bruno")  # INBOX lrw: may flag, may not mark read
+    try:
+        bruno.command(b"s1 SELECT INBOX\r\n", b"s1")
+        out = bruno.command(b"t1 STORE 1 +FLAGS (\\Seen) $X\r\n", b"t1")
+        assert out.endswith(b"t1 BAD STORE takes one flag list, or flags without parentheses\r\n")
+        out = bruno.command(b"t2 FETCH 1 (BODY.PEEK[HEADER.FIELDS (X[)] BODY[] BODY.PEEK[HEADER.FIELDS (])])\r\n",
+                            b"t2")
+        assert out.endswith(b"BAD FETCH sections may not contain quotes, brackets or literals through the gateway\r\n")
+    finally:
+        bruno.close()
+    assert not any(b"\\Seen" in f for f in flags(direct(gw, dovecot), "INBOX"))

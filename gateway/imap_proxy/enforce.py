@@ -11,7 +11,8 @@ SELECT / EXAMINE f                     ``l`` (NONEXISTENT), ``r`` (NOPERM); SELE
                                        ``s w t e`` runs as EXAMINE: the client sees READ-ONLY
 STATUS f, GETQUOTAROOT f               ``l`` (NONEXISTENT); STATUS also ``r``
 LIST / LSUB / NAMESPACE                relayed; folders without ``l`` are removed from the replies
-SUBSCRIBE / UNSUBSCRIBE f              ``l`` (NONEXISTENT)
+SUBSCRIBE / UNSUBSCRIBE f              ``l`` (NONEXISTENT); UNSUBSCRIBE of a hidden name is
+                                       answered OK and not relayed, as the provider would
 CREATE f                               ``k`` on the parent (on ``f`` itself at the top level) and
                                        ``l`` on ``f`` (NOPERM: nobody creates what they cannot see)
 DELETE f                               ``l`` (NONEXISTENT), ``x``
@@ -38,6 +39,7 @@ command pipelined after SELECT is judged by the folder it will run in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from policy import Decision, Right, Rights
@@ -47,7 +49,7 @@ from gateway.imap_proxy.commands import Command
 from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.responses import parse_status
-from gateway.imap_proxy.rewrite import peek_fetch, replace_command_name, rfc822_names
+from gateway.imap_proxy.rewrite import peek_fetch, plain_sections, replace_command_name, rfc822_names, with_lines
 from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError, quote_string
 
 __all__ = ["FolderGuard", "Verdict", "Denial", "NO_SUCH_FOLDER"]
@@ -57,6 +59,15 @@ _WRITE = (Right.SEEN, Right.WRITE, Right.DELETE_MESSAGES, Right.EXPUNGE)
 _NEEDS_SELECTED = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "EXPUNGE", "COPY", "MOVE",
                              "CLOSE", "UNSELECT", "CHECK"})
 _FILTERED = frozenset({"LIST", "LSUB", "STATUS", "NAMESPACE"})
+#: Commands whose "no such folder" replies all get one text: the provider's own wording (Dovecot:
+#: "Mailbox doesn't exist: X", no response code) would tell a missing folder from a hidden one.
+_NAMES_A_FOLDER = {"SELECT": "NONEXISTENT", "EXAMINE": "NONEXISTENT", "STATUS": "NONEXISTENT",
+                   "SUBSCRIBE": "NONEXISTENT", "UNSUBSCRIBE": "NONEXISTENT", "DELETE": "NONEXISTENT",
+                   "RENAME": "NONEXISTENT", "GETQUOTAROOT": "NONEXISTENT", "APPEND": "TRYCREATE",
+                   "COPY": "TRYCREATE", "MOVE": "TRYCREATE"}
+_MISSING_TEXT = re.compile(rb"doesn'?t exist|does not exist|no such (mailbox|folder)|not found|unknown mailbox",
+                           re.IGNORECASE)
+_HAS_CHILDREN = re.compile(rb"\\HasChildren", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -102,11 +113,15 @@ def _wire(arg) -> bytes | None:
     return None
 
 
-def _flag_rights(flags: list) -> list[Right]:
-    """The rights needed to set or clear these flags (RFC 4314 §4 STORE)."""
+def _flag_rights(flags: list) -> list[Right] | None:
+    """The rights needed to set or clear these flags (RFC 4314 §4 STORE); None when one of them
+    is not a flag at all (a flag is an atom: a quoted or nested one might be read differently by
+    the provider, so it is refused rather than guessed at)."""
     needed = []
     for flag in flags:
-        text = str(flag).upper() if isinstance(flag, Atom) else ""
+        if not isinstance(flag, Atom):
+            return None
+        text = str(flag).upper()
         right = Right.SEEN if text == "\\SEEN" else Right.DELETE_MESSAGES if text == "\\DELETED" else Right.WRITE
         if right not in needed:
             needed.append(right)
@@ -123,6 +138,7 @@ class FolderGuard:
         self.read_only = False
         self._select_tag: str | None = None
         self._renaming: set[str] = set()  # FETCH tags whose RFC822 items were turned into BODY
+        self._folder_tags: dict[str, str] = {}  # tag -> command name, for folder commands in flight
         self._own_tags = 0
 
     # ------------------------------------------------------------------ per command
@@ -132,6 +148,8 @@ class FolderGuard:
         if verdict.end_session:
             return verdict
         inner = self._check(cmd)
+        if inner.reply is None and cmd.name in _NAMES_A_FOLDER:
+            self._folder_tags[cmd.tag] = cmd.name
         inner.upstream[:0] = verdict.upstream
         inner.notes = verdict.notes + inner.notes
         inner.withdrawn = verdict.withdrawn
@@ -171,6 +189,10 @@ class FolderGuard:
             return Verdict(reply=b"%s BAD %s needs a mailbox name\r\n" % (cmd.tag.encode(), name.encode()))
         if name == "STATUS":
             return self._need(cmd, folder, Right.LOOKUP, Right.READ)
+        if name == "UNSUBSCRIBE" and not self.access.visible(folder):
+            # Providers accept UNSUBSCRIBE of any name (Dovecot: OK): so does the gateway, without
+            # touching the subscriptions the other people of this mailbox share.
+            return Verdict(reply=b"%s OK UNSUBSCRIBE completed\r\n" % cmd.tag.encode())
         if name in ("SUBSCRIBE", "UNSUBSCRIBE", "GETQUOTAROOT"):
             return self._need(cmd, folder, Right.LOOKUP)
         if name == "CREATE":
@@ -239,8 +261,11 @@ class FolderGuard:
             elif isinstance(arg, Atom) and arg.upper() in ("CATENATE", "UTF8"):
                 return Verdict(reply=b"%s NO [CANNOT] APPEND %s is not available through the gateway\r\n"
                                % (cmd.tag.encode(), arg.upper().encode()))
+        needed = _flag_rights(flags)
+        if needed is None:
+            return Verdict(reply=b"%s BAD Flags must be atoms\r\n" % cmd.tag.encode())
         decision = self.access.decide(folder)
-        return self._missing(cmd, folder, decision, tuple(_flag_rights(flags)), b" for these flags") or Verdict()
+        return self._missing(cmd, folder, decision, tuple(needed), b" for these flags") or Verdict()
 
     def check_announced(self, cmd: Command) -> Verdict:
         """APPEND whose first literal is announced: refuse now, before the client uploads it.
@@ -317,6 +342,9 @@ class FolderGuard:
                        upstream=self._deselect())
 
     def _fetch(self, cmd: Command, decision: Decision) -> Verdict:
+        if not plain_sections(cmd.frame):
+            return Verdict(reply=b"%s BAD FETCH sections may not contain quotes, brackets or literals "
+                                 b"through the gateway\r\n" % cmd.tag.encode())
         if decision.has(Right.SEEN):
             return Verdict()
         line = cmd.frame.lines[0]
@@ -335,11 +363,19 @@ class FolderGuard:
         item = args[0].upper().removesuffix(".SILENT")
         if item not in ("FLAGS", "+FLAGS", "-FLAGS"):
             return Verdict(reply=b"%s BAD STORE needs FLAGS, +FLAGS or -FLAGS\r\n" % cmd.tag.encode())
-        flags = args[1] if len(args) == 2 and isinstance(args[1], list) else args[1:]
+        rest = args[1:]
+        if any(isinstance(a, list) for a in rest) and not (len(rest) == 1 and isinstance(rest[0], list)):
+            # "(\Seen) $X": a provider reads only the list, so the list is all there may be
+            return Verdict(reply=b"%s BAD STORE takes one flag list, or flags without parentheses\r\n"
+                           % cmd.tag.encode())
+        flags = rest[0] if rest and isinstance(rest[0], list) else rest
+        rights = _flag_rights(flags)
+        if rights is None:
+            return Verdict(reply=b"%s BAD Flags must be atoms\r\n" % cmd.tag.encode())
         if item == "FLAGS":  # replaces every flag: \Seen, \Deleted and the others all change
             needed: tuple[Right, ...] = (Right.SEEN, Right.WRITE, Right.DELETE_MESSAGES)
         else:
-            needed = tuple(_flag_rights(flags))
+            needed = tuple(rights)
         return self._missing(cmd, sel, decision, needed, b" for these flags") or Verdict()
 
     def _copy(self, cmd: Command, sel: bytes, decision: Decision) -> Verdict:
@@ -373,19 +409,27 @@ class FolderGuard:
     def renaming(self) -> bool:
         return bool(self._renaming)
 
-    def tagged_reply(self, tag: str, frame: Frame) -> Frame:
-        """Note a command's completion; return the reply to relay (uniform "no such folder")."""
+    def tagged_reply(self, tag: str, frame: Frame) -> tuple[Frame, list[bytes]]:
+        """Note a command's completion: the reply to relay (a uniform "no such folder"), and the
+        gateway's own commands to send (a deselect after a failed SELECT)."""
         line = frame.lines[0]
         ok = line[len(tag) + 1:len(tag) + 3].upper() == b"OK"
+        upstream: list[bytes] = []
         if tag == self._select_tag:
             self._select_tag = None
             if not ok:
-                self.selected, self.read_only = None, False
+                # NO leaves nothing selected (RFC 3501 §6.3.1) but a parse-level BAD may leave the
+                # old folder selected at the provider: make sure both sides agree on "none"
+                upstream = self._deselect()
         self._renaming.discard(tag)
-        if ok or b"[NONEXISTENT]" not in line.upper() and b"[TRYCREATE]" not in line.upper():
-            return frame
+        command = self._folder_tags.pop(tag, None)
+        if ok or command is None or line[len(tag) + 1:len(tag) + 3].upper() != b"NO":
+            return frame, upstream
         status = parse_status(frame)
-        return Frame((b"%s NO [%s] %s\r\n" % (tag.encode(), (status.code or "").encode(), NO_SUCH_FOLDER),))
+        code = _NAMES_A_FOLDER[command]
+        if status.code in ("NONEXISTENT", "TRYCREATE") or (status.code is None and _MISSING_TEXT.search(line)):
+            frame = Frame((b"%s NO [%s] %s\r\n" % (tag.encode(), code.encode(), NO_SUCH_FOLDER),))
+        return frame, upstream
 
     def filter_untagged(self, name: str, frame: Frame) -> Frame | None:
         """The untagged response to relay, rewritten, or None to drop it."""
@@ -410,8 +454,27 @@ class FolderGuard:
             return None  # a folder response the gateway cannot read is not relayed
         if wire is None:
             return None
+        if wire == b"" and name == "LIST":
+            return frame  # LIST "" "": the hierarchy delimiter, not a folder (RFC 3501 §6.3.8)
         rights: Rights = self.access.rights(wire)
-        return frame if all(rights.has(r) for r in wanted) else None
+        if not all(rights.has(r) for r in wanted):
+            return None
+        return self._children_flag(frame, wire) if name in ("LIST", "LSUB") else frame
+
+    def _children_flag(self, frame: Frame, wire: bytes) -> Frame:
+        """``\\HasChildren`` only where the policy could show the person a child (RFC 3348).
+
+        Otherwise every child is hidden, and the flag alone would tell that one exists.
+        """
+        line = frame.lines[0]
+        end = line.find(b")")
+        if end < 0 or not _HAS_CHILDREN.search(line, 0, end):
+            return frame
+        human = self.access.human(wire) or ""
+        if self.access.may_see_under(human + self.access.delimiter):
+            return frame
+        new = _HAS_CHILDREN.sub(rb"\\HasNoChildren", line[:end]) + line[end:]
+        return with_lines(frame, [new, *frame.lines[1:]])
 
     def _namespace(self, frame: Frame, groups: list) -> Frame | None:
         """NAMESPACE (RFC 2342): drop the namespaces under which no folder can be visible."""

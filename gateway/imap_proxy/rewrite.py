@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from gateway.imap_proxy.framing import Frame, find_literal_marker
 
-__all__ = ["peek_fetch", "rfc822_names", "replace_command_name", "with_lines"]
+__all__ = ["peek_fetch", "rfc822_names", "replace_command_name", "with_lines", "plain_sections"]
 
 _TOKEN_START = frozenset(b" (")
 _WORD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
@@ -140,3 +140,29 @@ def replace_command_name(frame: Frame, tag: str, old: bytes, new: bytes) -> Fram
     if line[i:i + len(old)].upper() != old:
         raise ValueError(f"command name {old!r} not found after the tag")
     return with_lines(frame, [line[:i] + new + line[i + len(old):], *frame.lines[1:]])
+
+
+def plain_sections(frame: Frame) -> bool:
+    """True when every ``[…]`` section of a FETCH holds only plain text: no nested ``[``, no
+    quoted string, no literal.
+
+    Servers do not agree on where a section with such contents ends (Dovecot does not nest
+    brackets), and the PEEK rewrite must see the items exactly as the provider will; real
+    clients never need more than ``BODY.PEEK[HEADER.FIELDS (From Subject)]``.
+    """
+    if frame.literals:
+        return False
+    line = frame.lines[0]
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if c == 0x5B:  # [
+            end = line.find(b"]", i + 1)
+            if end < 0 or any(ch in b'["{\\' for ch in line[i + 1:end]):
+                return False
+            i = end + 1
+            continue
+        if c == 0x22 or c == 0x5D:  # FETCH items never quote outside a section; a stray "]"
+            return False
+        i += 1
+    return True

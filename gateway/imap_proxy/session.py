@@ -408,11 +408,7 @@ class ImapSession:
 
     def _apply_verdict(self, verdict: Verdict) -> list:
         """The side effects of a policy verdict: the gateway's own commands, notices, audit rows."""
-        out: list = []
-        assert self._pacer is not None
-        for line in verdict.upstream:
-            tag = line.split(b" ", 1)[0].decode("ascii")
-            out += [act.SendToUpstream(chunk) for chunk in self._pacer.submit(tag, Frame((line,)))]
+        out = self._send_own(verdict.upstream)
         if verdict.notes:
             out.append(act.SendToClient(verdict.notes))
         if verdict.withdrawn is not None:
@@ -422,6 +418,15 @@ class ImapSession:
         if d is not None:
             out.append(self._audit(Action.DENIED, Decision.DENY, reason=d.code.lower(), folder=d.folder,
                                    detail={"command": d.command, "missing": d.missing, "rules": d.rules}))
+        return out
+
+    def _send_own(self, lines: list[bytes]) -> list:
+        """The gateway's own commands (``PECGW.`` tags), through the pacer like any other."""
+        out: list = []
+        assert self._pacer is not None or not lines
+        for line in lines:
+            tag = line.split(b" ", 1)[0].decode("ascii")
+            out += [act.SendToUpstream(chunk) for chunk in self._pacer.submit(tag, Frame((line,)))]
         return out
 
     def _refuse_before_upload(self, event: LiteralAnnounced) -> list | None:
@@ -500,11 +505,12 @@ class ImapSession:
     def _on_tagged(self, tag: str, frame: Frame) -> list:
         out: list = []
         if tag.startswith(GATEWAY_TAG_PREFIX):
-            return out  # the gateway's own commands: consumed here (identity resolution, later)
+            return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
         if self._guard is not None:
-            frame = self._guard.tagged_reply(tag, frame)
+            frame, own = self._guard.tagged_reply(tag, frame)
+            out += self._send_own(own)
         data = self._rewrite_capability_code(frame)
         entry, released = self.inflight.complete(tag)
         out.append(act.SendToClient(data + released if released else data))

@@ -206,8 +206,8 @@ class Reader:
             if c == 0x5B:  # [ : a section, read to the matching ]
                 depth = 0
                 while i < n:
-                    if text[i] < 0x20 or text[i] == 0x7F:
-                        raise TokenError("control character in a section")
+                    if text[i] < 0x20 or text[i] >= 0x7F:
+                        raise TokenError("control or 8-bit character in a section")
                     if text[i] == 0x5B:
                         depth += 1
                     elif text[i] == 0x5D:
@@ -221,8 +221,8 @@ class Reader:
                 continue
             if c in _ATOM_END or c == 0x29:
                 break
-            if c < 0x20 or c == 0x7F:
-                raise TokenError("control character in atom")
+            if c < 0x20 or c >= 0x7F:  # RFC 3501 ATOM-CHAR: 7-bit, no CTL (providers refuse 8-bit too)
+                raise TokenError("control or 8-bit character in atom")
             i += 1
         if i == start:
             raise TokenError(f"unexpected character {chr(text[i])!r}")

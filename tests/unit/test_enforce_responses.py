@@ -149,3 +149,21 @@ def test_append_announced_right_after_a_reload_is_judged_in_order():
     out = s.client_data(b"abc\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.d1 UNSELECT\r\na1 APPEND INBOX {3}\r\n"
     assert [e.action for e in audits(out)] == ["folder_withdrawn"]
+
+
+def test_list_of_the_hierarchy_delimiter_is_relayed():
+    s = session()
+    s.client_data(b'D1 LIST "" ""\r\n')
+    out = s.upstream_data(b'* LIST (\\Noselect) "/" ""\r\nD1 OK done\r\n')
+    assert sent(out) == b'* LIST (\\Noselect) "/" ""\r\nD1 OK done\r\n'
+
+
+def test_has_children_only_where_the_policy_could_show_a_child():
+    s = session()  # LEGALE: "Società/*" visible, nothing under "Pratiche" can be
+    s.client_data(b'L1 LIST "" "%"\r\n')
+    out = s.upstream_data(b'* LIST (\\HasChildren) "/" Pratiche\r\n'
+                          b'* LIST (\\HasChildren \\Marked) "/" {11}\r\nSociet&AOA-\r\n'
+                          b'L1 OK done\r\n')
+    assert sent(out) == (b'* LIST (\\HasNoChildren) "/" Pratiche\r\n'
+                         b'* LIST (\\HasChildren \\Marked) "/" {11}\r\nSociet&AOA-\r\n'
+                         b'L1 OK done\r\n')

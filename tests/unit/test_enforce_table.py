@@ -64,7 +64,7 @@ TABLE = [
     (None, b'STATUS Contabilit&AOA- (MESSAGES)', (b"NO [NONEXISTENT] No such folder", "l")),
     (None, b'SUBSCRIBE Altro', (RELAY, b'SUBSCRIBE Altro')),
     (None, b'SUBSCRIBE Contabilit&AOA-', (b"NO [NONEXISTENT] No such folder", "l")),
-    (None, b'UNSUBSCRIBE Contabilit&AOA-', (b"NO [NONEXISTENT] No such folder", "l")),
+    (None, b'UNSUBSCRIBE Contabilit&AOA-', (b"OK UNSUBSCRIBE completed", None)),  # as for a missing name
     (None, b'GETQUOTAROOT Contabilit&AOA-', (b"NO [NONEXISTENT] No such folder", "l")),
     # FETCH: without s the body is fetched with PEEK, so the PEC stays unread for everybody
     (b'INBOX', b'FETCH 1 (FLAGS BODY[])', (RELAY, b'FETCH 1 (FLAGS BODY[])')),
@@ -305,3 +305,45 @@ def test_a_trailing_delimiter_is_judged_as_the_folder_itself():
     s.upstream_data(b"t1 OK [READ-ONLY] done\r\n")
     out = s.client_data(b"t2 DELETE Lavoro/\r\n")
     assert sent(out) == b"t2 NO [NOPERM] DELETE needs the 'x' right on this folder\r\n"
+
+
+# -- spellings a provider reads differently: refused, never guessed at ---------------------------
+@pytest.mark.parametrize("select,command,reply", [
+    (b"Flag", b"STORE 1 +FLAGS (\\Seen) $X", b"BAD STORE takes one flag list, or flags without parentheses"),
+    (b"Flag", b"STORE 1 +FLAGS ($X (\\Seen))", b"BAD Flags must be atoms"),
+    (b"Flag", b'STORE 1 +FLAGS ("\\\\Seen")', b"BAD Flags must be atoms"),
+    (None, b'APPEND Lavoro ("\\\\Deleted") {3+}\r\nabc', b"BAD Flags must be atoms"),
+    (b"Lettura", b"FETCH 5 (BODY.PEEK[HEADER.FIELDS (X[)] BODY[] BODY.PEEK[HEADER.FIELDS (])])",
+     b"BAD FETCH sections may not contain quotes, brackets or literals through the gateway"),
+    (b"INBOX", b'FETCH 1 (BODY.PEEK[HEADER.FIELDS ("From")])',
+     b"BAD FETCH sections may not contain quotes, brackets or literals through the gateway"),
+    (b"INBOX", b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (From {4+}\r\nDate)])", b"BAD unbalanced '['"),
+    (b"INBOX", b"SELECT Ricevute \xc3\xa0", b"BAD control or 8-bit character in atom"),
+])
+def test_ambiguous_spellings_are_refused(select, command, reply):
+    s = session(select)
+    out = s.client_data(b"t1 " + command + b"\r\n")
+    assert sent(out, act.SendToUpstream) == b""
+    assert sent(out) == b"t1 " + reply + b"\r\n"
+
+
+def test_the_providers_own_missing_folder_text_is_made_uniform():
+    """Dovecot answers a missing folder with no response code: the same text as a hidden one."""
+    s = session(None)
+    s.client_data(b"t1 STATUS Lavoro/Manca (MESSAGES)\r\nt2 SUBSCRIBE Lavoro/Manca\r\nt3 APPEND Lavoro/Manca {1+}\r\nx\r\n")
+    out = s.upstream_data(b"t1 NO Mailbox doesn't exist: Lavoro/Manca\r\n"
+                          b"t2 NO Mailbox doesn't exist: Lavoro/Manca\r\n"
+                          b"t3 NO [TRYCREATE] Mailbox doesn't exist: Lavoro/Manca\r\n")
+    assert sent(out) == (b"t1 NO [NONEXISTENT] No such folder\r\nt2 NO [NONEXISTENT] No such folder\r\n"
+                         b"t3 NO [TRYCREATE] No such folder\r\n")
+    s.client_data(b"t4 CREATE Lavoro/Nuova\r\n")
+    out = s.upstream_data(b"t4 NO [ALREADYEXISTS] Mailbox already exists\r\n")
+    assert sent(out) == b"t4 NO [ALREADYEXISTS] Mailbox already exists\r\n"  # other refusals as they are
+
+
+def test_a_select_the_provider_rejects_leaves_both_sides_unselected():
+    s = session(b"INBOX")
+    s.client_data(b"t1 SELECT Lavoro (BOGUS)\r\n")
+    out = s.upstream_data(b"t1 BAD Invalid arguments\r\n")  # Dovecot keeps INBOX selected on BAD
+    assert sent(out, act.SendToUpstream) == b"PECGW.d1 UNSELECT\r\n"
+    assert sent(s.client_data(b"t2 STORE 1 +FLAGS (\\Seen)\r\n")) == b"t2 BAD No mailbox selected\r\n"
