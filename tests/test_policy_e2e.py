@@ -312,3 +312,30 @@ def test_a_flag_list_followed_by_more_flags_is_refused(gw, dovecot):
     finally:
         bruno.close()
     assert not any(b"\\Seen" in f for f in flags(direct(gw, dovecot), "INBOX"))
+
+
+def test_rename_cannot_carry_a_hidden_subfolder_into_view(gw, dovecot):
+    d = direct(gw, dovecot)
+    for name in ("Ufficio Legale/A", "Ufficio Legale/A/Riservata"):
+        assert d.create(f'"{name}"')[0] == "OK"
+    d.logout()
+    # alice may do everything under "Ufficio Legale" except see "Ufficio Legale/A/Riservata"
+    gw.write_policy(policy_tables([*RULES, ("legale", "Ufficio Legale/*", "lrswikx"),
+                                   ("legale", "Ufficio Legale/A/Riservata", "")]))
+    assert gw.reload() is None
+    alice = raw_login(gw, "alice")
+    try:
+        out = alice.command(b'r1 RENAME "Ufficio Legale/A" "Ufficio Legale/B"\r\n', b"r1")
+        assert out.endswith(b"r1 NO [NOPERM] RENAME would also move subfolders you may not move\r\n")
+        assert b"Riservata" not in out
+        out = alice.command(b'r2 RENAME "Ufficio Legale/A/Riservata" "Ufficio Legale/C"\r\n', b"r2")
+        assert out.endswith(b"r2 NO [NONEXISTENT] No such folder\r\n")
+    finally:
+        alice.close()
+    d = direct(gw, dovecot)
+    try:
+        _, data = d.list('"Ufficio Legale/"', "*")
+        names = sorted(line.rsplit(b'"/" ', 1)[1].strip(b'"') for line in data)
+        assert names == [b"Ufficio Legale/A", b"Ufficio Legale/A/Riservata"]
+    finally:
+        d.logout()

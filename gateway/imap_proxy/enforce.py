@@ -16,7 +16,9 @@ SUBSCRIBE / UNSUBSCRIBE f              ``l`` (NONEXISTENT); UNSUBSCRIBE of a hid
 CREATE f                               ``k`` on the parent (on ``f`` itself at the top level) and
                                        ``l`` on ``f`` (NOPERM: nobody creates what they cannot see)
 DELETE f                               ``l`` (NONEXISTENT), ``x``
-RENAME f g                             ``l`` + ``x`` on ``f``; as CREATE for ``g``
+RENAME f g                             ``l`` + ``x`` on ``f``; as CREATE for ``g``; and, since the
+                                       subfolders move too, ``l x`` on each of them and ``l`` on
+                                       its new name (the gateway LISTs them first)
 APPEND f                               ``l`` (TRYCREATE), ``i``, and per flag: ``\\Seen`` ``s``,
                                        ``\\Deleted`` ``t``, others ``w``; refused before the upload
 FETCH / SEARCH / SORT / THREAD         ``r`` on the selected folder; without ``s`` every FETCH that
@@ -102,6 +104,7 @@ class Verdict:
     notes: bytes = b""
     withdrawn: str | None = None
     end_session: bool = False
+    hold: bytes | None = None  # relay nothing yet: first send this gateway command (RENAME's LIST)
 
 
 def _wire(arg) -> bytes | None:
@@ -139,6 +142,7 @@ class FolderGuard:
         self._select_tag: str | None = None
         self._renaming: set[str] = set()  # FETCH tags whose RFC822 items were turned into BODY
         self._folder_tags: dict[str, str] = {}  # tag -> command name, for folder commands in flight
+        self._rename: tuple[str, bytes, bytes, list] | None = None  # held RENAME: LIST tag, old, new, children
         self._own_tags = 0
 
     # ------------------------------------------------------------------ per command
@@ -204,7 +208,8 @@ class FolderGuard:
             if new is None:
                 return Verdict(reply=b"%s BAD RENAME needs two mailbox names\r\n" % cmd.tag.encode())
             first = self._need(cmd, folder, Right.LOOKUP, Right.DELETE_MAILBOX)
-            return first if first.reply else self._create(cmd, new)
+            verdict = first if first.reply else self._create(cmd, new)
+            return verdict if verdict.reply else self._list_subfolders(cmd, folder, new)
         if name == "APPEND":
             return self._append(cmd, folder)
         return Verdict()
@@ -248,6 +253,52 @@ class FolderGuard:
         if not own.has(Right.LOOKUP):
             return self._deny(cmd, None, "NOPERM", "l", own,
                               b"The policy would hide a folder of that name from you")
+        return Verdict()
+
+    def _list_subfolders(self, cmd: Command, old: bytes, new: bytes) -> Verdict:
+        """RENAME moves the whole subtree: hold it until the gateway has listed the subfolders."""
+        self._own_tags += 1
+        tag = b"PECGW.r%d" % self._own_tags
+        pattern = quote_string(old.rstrip(self.access.delimiter.encode()) + self.access.delimiter.encode() + b"*")
+        self._rename = (tag.decode(), old, new, [])
+        return Verdict(hold=b'%s LIST "" %s\r\n' % (tag, pattern))
+
+    def collecting(self, tag: str) -> bool:
+        """True while ``tag`` is the gateway's subfolder LIST for a held RENAME."""
+        return self._rename is not None and self._rename[0] == tag
+
+    def collect(self, frame: Frame) -> None:
+        """One ``* LIST`` reply to the gateway's subfolder LIST."""
+        assert self._rename is not None
+        try:
+            reader = Reader(frame, start=1)
+            for _ in range(3):
+                reader.read()
+            wire = _wire(reader.read())
+        except TokenError:
+            wire = None
+        self._rename[3].append(wire)
+
+    def rename_listed(self, cmd: Command, ok: bool) -> Verdict:
+        """The subfolder LIST is complete (``ok``: the provider answered OK): relay the held
+        RENAME, or refuse it."""
+        assert self._rename is not None
+        _tag, old, new, children = self._rename
+        self._rename = None
+        if not ok:
+            self._folder_tags.pop(cmd.tag, None)
+            return Verdict(reply=b"%s NO [UNAVAILABLE] The subfolders could not be listed; nothing was "
+                                 b"renamed\r\n" % cmd.tag.encode())
+        delim = self.access.delimiter.encode()
+        old_prefix, new_prefix = old.rstrip(delim) + delim, new.rstrip(delim) + delim
+        for child in children:
+            moved = None if child is None or not child.startswith(old_prefix) else new_prefix + child[len(old_prefix):]
+            if moved is None or not (self.access.decide(child).has(Right.LOOKUP)
+                                     and self.access.decide(child).has(Right.DELETE_MAILBOX)
+                                     and self.access.decide(moved).has(Right.LOOKUP)):
+                self._folder_tags.pop(cmd.tag, None)
+                return self._deny(cmd, old, "NOPERM", "x", self.access.decide(old),
+                                  b"RENAME would also move subfolders you may not move")
         return Verdict()
 
     def _append(self, cmd: Command, folder: bytes) -> Verdict:

@@ -60,6 +60,15 @@ class InFlightTable:
         self._entries.append(InFlightEntry(tag or "*", command, reply))
         return b""
 
+    def answer(self, entry: InFlightEntry, reply: bytes) -> bytes:
+        """The gateway answers a relayed-in-waiting ``entry`` after all; return the bytes now due."""
+        entry.local_reply = reply
+        return self._release()
+
+    def oldest_relayed(self) -> InFlightEntry | None:
+        """The oldest entry still waiting for the provider's reply."""
+        return next((e for e in self._entries if e.local_reply is None), None)
+
     def complete(self, tag: str) -> tuple[InFlightEntry | None, bytes]:
         """Remove the oldest relayed entry with ``tag``; return it and the gateway replies now due."""
         found = None

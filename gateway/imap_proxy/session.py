@@ -93,6 +93,7 @@ class ImapSession:
         self.session_id = session_id
         self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
         self._guard: FolderGuard | None = None  # set at login
+        self._held: tuple[Command, InFlightEntry, Frame] | None = None  # a RENAME waiting for its LIST
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.starttls_available = starttls_available
@@ -226,7 +227,7 @@ class ImapSession:
         many commands are in flight — except during IDLE, when the client's next line is the
         ``DONE`` that frees the table.
         """
-        if self.state is SessionState.AUTHENTICATING:
+        if self.state is SessionState.AUTHENTICATING or self._held is not None:
             return True
         if self._pacer is not None and self._pacer.waiting_tag is not None:
             return True
@@ -391,6 +392,10 @@ class ImapSession:
         if verdict.reply is not None:
             return out + self._reply(cmd, verdict.reply)
         frame = verdict.frame or cmd.frame
+        if verdict.hold is not None:
+            # keep its place in the reply order; later commands wait unread until it is decided
+            self._held = (cmd, self.inflight.add_relayed(cmd), frame)
+            return out + self._send_own([verdict.hold])
         if cmd.name == "ID":
             self._record_client_id(cmd)
         elif cmd.name == "ENABLE":
@@ -488,6 +493,10 @@ class ImapSession:
                 return [act.SendToUpstream(c) for c in chunks] + self._pump_client()
             return [act.SendToClient(frame.raw)]  # IDLE's "+ idling" (or one nobody was owed)
         if head.kind is Kind.UNTAGGED:
+            if head.name == "LIST" and self._held is not None and self.inflight.oldest_relayed() is self._held[1]:
+                assert self._guard is not None
+                self._guard.collect(frame)  # every earlier command is done: this is the gateway's LIST
+                return []
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
                 if kept is None:
@@ -505,6 +514,8 @@ class ImapSession:
     def _on_tagged(self, tag: str, frame: Frame) -> list:
         out: list = []
         if tag.startswith(GATEWAY_TAG_PREFIX):
+            if self._held is not None and self._guard is not None and self._guard.collecting(tag):
+                return self._decide_held(frame)
             return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
@@ -518,6 +529,20 @@ class ImapSession:
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
         if entry is not None and entry is self._logout_entry:
             return out + self._finish("logout", send_bye=False)
+        return out + self._pump_client()
+
+    def _decide_held(self, listed: Frame) -> list:
+        """The gateway's LIST for a held RENAME is complete: relay the RENAME or answer it."""
+        assert self._held is not None and self._guard is not None and self._pacer is not None
+        cmd, entry, frame = self._held
+        self._held = None
+        ok = parse_status(listed).status == "OK"
+        verdict = self._guard.rename_listed(cmd, ok)
+        if verdict.reply is None:
+            out = [act.SendToUpstream(c) for c in self._pacer.submit(cmd.tag, frame)]
+        else:
+            released = self.inflight.answer(entry, verdict.reply)
+            out = self._apply_verdict(verdict) + ([act.SendToClient(released)] if released else [])
         return out + self._pump_client()
 
     def _rewrite_capability_code(self, frame: Frame) -> bytes:

@@ -120,7 +120,7 @@ TABLE = [
     (None, b'DELETE Lavoro', (b"NO [NOPERM] DELETE needs the 'x' right on this folder", "x")),
     (None, b'DELETE INBOX', (b"NO [NOPERM] DELETE needs the 'x' right on this folder", "x")),
     (None, b'DELETE Contabilit&AOA-', (b"NO [NONEXISTENT] No such folder", "l")),
-    (None, b'RENAME Lavoro/A Lavoro/B', (RELAY, b'RENAME Lavoro/A Lavoro/B')),
+    (None, b'RENAME Lavoro/A Lavoro/B', (RELAY, b'RENAME Lavoro/A Lavoro/B')),  # after listing subfolders
     (None, b'RENAME Lavoro Lavoro2', (b"NO [NOPERM] RENAME needs the 'x' right on this folder", "x")),
     (None, b'RENAME Lavoro/A Lettura/B', (b"NO [NOPERM] RENAME needs the 'k' right on the parent folder", "k")),
     (None, b'RENAME Contabilit&AOA- Lavoro/C', (b"NO [NONEXISTENT] No such folder", "l")),
@@ -148,6 +148,9 @@ def test_command_table(select, command, expected):
     out = s.client_data(b"t1 " + command + b"\r\n")
     upstream = sent(out, act.SendToUpstream)
     client = sent(out)
+    if upstream.startswith(b"PECGW.r1 LIST"):  # RENAME: its subfolders are listed first (none here)
+        out = s.upstream_data(b"PECGW.r1 OK List completed\r\n")
+        upstream = sent(out, act.SendToUpstream)
     if expected[0] == RELAY:
         assert upstream == b"t1 " + expected[1] + b"\r\n"
         assert not audits(out)
@@ -347,3 +350,51 @@ def test_a_select_the_provider_rejects_leaves_both_sides_unselected():
     out = s.upstream_data(b"t1 BAD Invalid arguments\r\n")  # Dovecot keeps INBOX selected on BAD
     assert sent(out, act.SendToUpstream) == b"PECGW.d1 UNSELECT\r\n"
     assert sent(s.client_data(b"t2 STORE 1 +FLAGS (\\Seen)\r\n")) == b"t2 BAD No mailbox selected\r\n"
+
+
+# -- RENAME moves the subtree: the gateway lists the subfolders before relaying ----------------
+RENAME_POLICY = fixed_policy({"protocollo": {"rules": [
+    {"office": "legale", "folders": f, "rights": r} for f, r in
+    [("Lavoro", "lrk"), ("Lavoro/*", "lrswikx"), ("Lavoro/A/Segreto", ""), ("INBOX", "lr")]]}})
+
+
+def rename_session():
+    return logged_in(upstream_caps=CAPS, policy=RENAME_POLICY)
+
+
+def test_rename_is_relayed_once_every_subfolder_may_move():
+    s = rename_session()
+    out = s.client_data(b'r1 RENAME Lavoro/B Lavoro/C\r\nn1 NOOP\r\n')
+    assert sent(out, act.SendToUpstream) == b'PECGW.r1 LIST "" "Lavoro/B/*"\r\n'  # NOOP waits, unread
+    out = s.upstream_data(b'* LIST () "/" Lavoro/B/x\r\n* LIST () "/" "Lavoro/B/x/y"\r\nPECGW.r1 OK done\r\n')
+    assert sent(out) == b""  # the gateway's LIST replies are its own
+    assert sent(out, act.SendToUpstream) == b"r1 RENAME Lavoro/B Lavoro/C\r\nn1 NOOP\r\n"
+    assert sent(s.upstream_data(b"r1 OK done\r\nn1 OK done\r\n")) == b"r1 OK done\r\nn1 OK done\r\n"
+
+
+def test_rename_that_would_move_a_hidden_subfolder_is_refused():
+    s = rename_session()
+    s.client_data(b'r1 RENAME Lavoro/A Lavoro/B\r\n')
+    out = s.upstream_data(b'* LIST () "/" Lavoro/A/Segreto\r\nPECGW.r1 OK done\r\n')
+    assert sent(out, act.SendToUpstream) == b""
+    assert sent(out) == b"r1 NO [NOPERM] RENAME would also move subfolders you may not move\r\n"
+    assert b"Segreto" not in sent(out)
+    (event,) = audits(out)
+    assert event.action == "denied" and event.detail["missing"] == "x"
+
+
+def test_rename_waits_for_earlier_replies_and_keeps_their_list_lines():
+    s = rename_session()
+    out = s.client_data(b'l1 LIST "" "*"\r\nr1 RENAME Lavoro/B Lavoro/C\r\n')
+    assert sent(out, act.SendToUpstream) == b'l1 LIST "" "*"\r\nPECGW.r1 LIST "" "Lavoro/B/*"\r\n'
+    out = s.upstream_data(b'* LIST () "/" Lavoro\r\nl1 OK done\r\nPECGW.r1 OK done\r\n')
+    assert sent(out) == b'* LIST () "/" Lavoro\r\nl1 OK done\r\n'
+    assert sent(out, act.SendToUpstream) == b"r1 RENAME Lavoro/B Lavoro/C\r\n"
+
+
+def test_rename_is_refused_when_the_subfolders_cannot_be_listed():
+    s = rename_session()
+    s.client_data(b'r1 RENAME Lavoro/B Lavoro/C\r\n')
+    out = s.upstream_data(b"PECGW.r1 NO Internal error\r\n")
+    assert sent(out) == b"r1 NO [UNAVAILABLE] The subfolders could not be listed; nothing was renamed\r\n"
+    assert sent(out, act.SendToUpstream) == b""
