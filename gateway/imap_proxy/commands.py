@@ -36,12 +36,21 @@ class CommandSpec:
     mailbox_args: tuple[int, ...] = ()  # argument positions holding mailbox names
     uid_variant: bool = False  # may follow "UID "
 
+    def takes_arguments(self, uid: bool = False) -> bool:
+        """False for the commands RFC 3501/2177/2342/3691 define without arguments (UID EXPUNGE
+        takes a sequence set, RFC 4315)."""
+        return self.name not in NO_ARGUMENTS or (uid and self.name == "EXPUNGE")
+
 
 def _spec(name, pre, post, mailbox_args=(), uid=False) -> tuple[str, CommandSpec]:
     return name, CommandSpec(name, pre, post, tuple(mailbox_args), uid)
 
 
 G, R, X = Handling.GATEWAY, Handling.RELAY, Handling.REFUSED
+
+#: Commands whose syntax has no arguments at all.
+NO_ARGUMENTS = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "IDLE", "NAMESPACE", "CHECK", "CLOSE",
+                          "UNSELECT", "EXPUNGE", "UNAUTHENTICATE"})
 
 #: Every command the gateway understands (RFC 3501 and the extensions it relays).
 COMMANDS: dict[str, CommandSpec] = dict(

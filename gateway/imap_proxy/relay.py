@@ -94,11 +94,11 @@ class InFlightTable:
 @dataclass(frozen=True)
 class _Chunk:
     data: bytes
-    wait: str | None  # "literal": the provider's "+" must come before the next chunk; "idle": a "+" is owed
+    wait: str | None  # "literal" or "idle": nothing more is written until that is settled
 
 
 class UpstreamPacer:
-    """Serialises client commands toward the provider, and knows whom each ``+`` is for.
+    """Serialises writes to the provider, and knows whom each ``+`` is for.
 
     The provider answers ``+`` both to a synchronising literal and to IDLE (RFC 2177).  A ``+``
     taken for the wrong command would send a literal the provider never asked for — if it then
@@ -106,23 +106,32 @@ class UpstreamPacer:
     So every write that makes the provider owe a ``+`` is noted, in order, with its tag
     (:attr:`owed`); each ``+`` is matched to the oldest one, and a tagged reply cancels what its
     command was still owed.
+
+    Nothing is written while the provider is asked for a literal or is idling: after IDLE, the
+    next thing it may read is ``DONE``, and ``DONE`` only once its ``+ idling`` has come (before
+    that, or after IDLE's tagged reply, a DONE would be read as a command).  The gateway's own
+    commands wait in the same queue.
     """
 
     def __init__(self) -> None:
         self._queue: deque[tuple[str, deque[_Chunk]]] = deque()
-        self._waiting_tag: str | None = None
+        self._blocked: tuple[str, str] | None = None  # (tag, "literal" | "idle") the writes wait on
+        self._idle_plus = False  # the provider said "+ idling": DONE may be written
+        self._done: bytes | None = None  # DONE from the client, held until "+ idling"
         self.owed: deque[tuple[str, str]] = deque()  # (tag, "literal" | "idle"), oldest first
 
     @property
     def waiting_tag(self) -> str | None:
         """The tag of the command whose literal waits for the provider's ``+``."""
-        return self._waiting_tag
+        return self._blocked[0] if self._blocked and self._blocked[1] == "literal" else None
 
     @property
     def idle(self) -> bool:
-        return self._waiting_tag is None and not self._queue
+        return self._blocked is None and not self._queue
 
     def chunks_for(self, frame: Frame, *, idle: bool = False) -> deque[_Chunk]:
+        if idle and frame.literals:
+            raise ValueError("IDLE takes no arguments")  # the session refuses it before
         if not frame.literals:
             return deque([_Chunk(frame.lines[0], "idle" if idle else None)])
         chunks: deque[_Chunk] = deque()
@@ -139,36 +148,52 @@ class UpstreamPacer:
         return chunks
 
     def submit(self, tag: str, frame: Frame, *, idle: bool = False) -> list[bytes]:
-        """Queue a command (``idle``: it is IDLE, which the provider answers with ``+``);
-        return what may be written to the provider now."""
+        """Queue a command (``idle``: it is IDLE); return what may be written to the provider now."""
         self._queue.append((tag, self.chunks_for(frame, idle=idle)))
         return self._pump()
 
+    def done(self, line: bytes) -> list[bytes]:
+        """The client ended IDLE: DONE goes now, after ``+ idling``, or never (IDLE is over)."""
+        if self._blocked is None or self._blocked[1] != "idle":
+            return []  # the provider already answered IDLE: it expects no DONE
+        if not self._idle_plus:
+            self._done = line
+            return []
+        self._blocked, self._idle_plus = None, False
+        return [line] + self._pump()
+
     def continuation(self) -> tuple[str | None, list[bytes]]:
         """The provider sent ``+``: whom it was for (``"literal"``, ``"idle"``, or None when
-        nothing was owed) and what to write next."""
+        nothing was owed — the provider is out of step) and what to write next."""
         if not self.owed:
             return None, []
         tag, kind = self.owed.popleft()
-        if kind == "literal" and tag == self._waiting_tag:
-            self._waiting_tag = None
+        if self._blocked != (tag, kind):
+            return None, []
+        if kind == "literal":
+            self._blocked = None
             return kind, self._pump()
-        return kind, []
+        self._idle_plus = True
+        if self._done is None:
+            return kind, []
+        done, self._done = self._done, None
+        return kind, self.done(done)
 
     def completed(self, tag: str) -> list[bytes]:
-        """The tagged reply for ``tag`` arrived: it is owed nothing more, and a literal of it
-        still held is dropped (the provider refused the command instead of asking for it)."""
+        """The tagged reply for ``tag`` arrived: it is owed nothing more; a literal of it still
+        held is dropped (the provider refused the command instead of asking for it), and so is
+        a DONE held for it (the provider ended IDLE itself)."""
         if any(t == tag for t, _ in self.owed):
             self.owed = deque((t, k) for t, k in self.owed if t != tag)
-        if self._waiting_tag == tag:
-            self._waiting_tag = None
-            if self._queue and self._queue[0][0] == tag:
+        if self._blocked is not None and self._blocked[0] == tag:
+            if self._blocked[1] == "literal" and self._queue and self._queue[0][0] == tag:
                 self._queue.popleft()
+            self._blocked, self._idle_plus, self._done = None, False, None
         return self._pump()
 
     def _pump(self) -> list[bytes]:
         out: list[bytes] = []
-        while self._waiting_tag is None and self._queue:
+        while self._blocked is None and self._queue:
             tag, chunks = self._queue[0]
             chunk = chunks.popleft()
             out.append(chunk.data)
@@ -176,6 +201,5 @@ class UpstreamPacer:
                 self._queue.popleft()
             if chunk.wait is not None:
                 self.owed.append((tag, chunk.wait))
-            if chunk.wait == "literal":
-                self._waiting_tag = tag
+                self._blocked = (tag, chunk.wait)
         return out

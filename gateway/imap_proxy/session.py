@@ -93,7 +93,7 @@ class ImapSession:
         self.session_id = session_id
         self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
         self._guard: FolderGuard | None = None  # set at login
-        self._held: tuple[Command, InFlightEntry, Frame] | None = None  # a RENAME waiting for its LIST
+        self._held: _Held | None = None  # a RENAME waiting for the gateway's LIST of its subfolders
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.starttls_available = starttls_available
@@ -275,6 +275,11 @@ class ImapSession:
         spec = command.spec
         if spec is None:
             return self._reply(command, b"%s BAD Unknown command\r\n" % command.tag.encode())
+        if command.args and not spec.takes_arguments(command.uid):
+            # a provider may never parse them (Dovecot reads nothing after IDLE): an argument
+            # here could be a literal it would then take for commands
+            return self._reply(command, b"%s BAD %s takes no arguments\r\n"
+                               % (command.tag.encode(), command.display_name.encode()))
         if self.state is SessionState.AUTHENTICATED:
             return self._relay_command(command, spec.postauth)
         if spec.preauth is not Handling.GATEWAY:
@@ -394,8 +399,8 @@ class ImapSession:
         frame = verdict.frame or cmd.frame
         if verdict.hold is not None:
             # keep its place in the reply order; later commands wait unread until it is decided
-            self._held = (cmd, self.inflight.add_relayed(cmd), frame)
-            return out + self._send_own([verdict.hold])
+            self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, verdict.hold)
+            return out + self._list_for_held()
         if cmd.name == "ID":
             self._record_client_id(cmd)
         elif cmd.name == "ENABLE":
@@ -476,8 +481,8 @@ class ImapSession:
         if frame.literals or frame.first_line.upper() != b"DONE":
             return self._bye(b"Expected DONE to end IDLE", reason="client_idle_protocol")
         self._idling = False
-        assert self._pacer is not None and self._idle_entry is not None
-        return [act.SendToUpstream(c) for c in self._pacer.submit(self._idle_entry.tag, frame)]
+        assert self._pacer is not None
+        return [act.SendToUpstream(c) for c in self._pacer.done(frame.raw)]
 
     def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
         """Answer a command from the gateway, in order with replies still due from the provider."""
@@ -489,13 +494,16 @@ class ImapSession:
         head = classify(frame)
         if head.kind is Kind.CONTINUATION:
             kind, chunks = self._pacer.continuation() if self._pacer is not None else (None, [])
-            if kind == "literal":
-                return [act.SendToUpstream(c) for c in chunks] + self._pump_client()
-            return [act.SendToClient(frame.raw)]  # IDLE's "+ idling" (or one nobody was owed)
+            if kind is None:
+                return self._upstream_broken("a continuation request nobody was waiting for")
+            out = [act.SendToUpstream(c) for c in chunks]
+            if kind == "idle":
+                return [act.SendToClient(frame.raw)] + out  # "+ idling", for the client
+            return out + self._pump_client()
         if head.kind is Kind.UNTAGGED:
-            if head.name == "LIST" and self._held is not None and self.inflight.oldest_relayed() is self._held[1]:
+            if head.name == "LIST" and self._held is not None and self._held.listing:
                 assert self._guard is not None
-                self._guard.collect(frame)  # every earlier command is done: this is the gateway's LIST
+                self._guard.collect(frame)  # nothing else is in flight: this is the gateway's LIST
                 return []
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
@@ -524,17 +532,34 @@ class ImapSession:
             out += self._send_own(own)
         data = self._rewrite_capability_code(frame)
         entry, released = self.inflight.complete(tag)
+        if entry is None:  # a reply to nothing in flight: the provider is out of step with us
+            return out + self._upstream_broken(f"a tagged reply to no command in flight ({tag[:40]!r})")
         out.append(act.SendToClient(data + released if released else data))
+        if self._held is not None:
+            out += self._list_for_held()
         if entry is not None and entry is self._idle_entry:
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
         if entry is not None and entry is self._logout_entry:
             return out + self._finish("logout", send_bye=False)
         return out + self._pump_client()
 
+    def _list_for_held(self) -> list:
+        """Send the held RENAME's LIST once every earlier command is done.
+
+        Not before: Dovecot runs a LIST alongside a slow earlier command (a SEARCH), and its
+        ``* LIST`` lines would then be mixed with that command's — or taken for the client's.
+        """
+        held = self._held
+        assert held is not None
+        if held.listing or self.inflight.oldest_relayed() is not held.entry:
+            return []
+        held.listing = True
+        return self._send_own([held.list_line])
+
     def _decide_held(self, listed: Frame) -> list:
         """The gateway's LIST for a held RENAME is complete: relay the RENAME or answer it."""
         assert self._held is not None and self._guard is not None and self._pacer is not None
-        cmd, entry, frame = self._held
+        cmd, entry, frame = self._held.command, self._held.entry, self._held.frame
         self._held = None
         ok = parse_status(listed).status == "OK"
         verdict = self._guard.rename_listed(cmd, ok)
@@ -621,6 +646,17 @@ class ImapSession:
             if isinstance(a, act.SendToClient):
                 self.bytes_to_client += len(a.data)
         return actions
+
+
+@dataclass
+class _Held:
+    """A RENAME held until the gateway's own LIST of its subfolders is answered."""
+
+    command: Command
+    entry: InFlightEntry  # its place in the reply order
+    frame: Frame  # what to relay if allowed
+    list_line: bytes  # the gateway's LIST
+    listing: bool = False  # the LIST has been sent (every earlier command was done)
 
 
 def _client_caps(upstream: list[str]) -> list[str]:

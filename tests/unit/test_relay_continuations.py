@@ -7,9 +7,11 @@ gateway never checked.  These transcripts use a provider without LITERAL+, so li
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.imap_proxy import actions as act
 from tests.unit.test_enforce_table import POLICY
-from tests.unit.transcript import logged_in, sent
+from tests.unit.transcript import closes, logged_in, sent
 
 NO_LITERAL_PLUS = ["IMAP4rev1", "IDLE", "MOVE", "UIDPLUS", "UNSELECT", "ENABLE"]
 SMUGGLED = b"x1 SELECT Contabilit&AOA-\r\nx2 FETCH 1:* BODY[]\r\n"
@@ -26,24 +28,56 @@ def up(out) -> bytes:
     return sent(out, act.SendToUpstream)
 
 
-def test_idle_continuation_is_the_clients_not_a_literals():
+def test_nothing_is_written_while_idling_and_done_waits_for_idles_continuation():
     s = session()
     out = s.client_data(b"i1 IDLE\r\nDONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
-    assert up(out) == b"i1 IDLE\r\nDONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED)
+    assert up(out) == b"i1 IDLE\r\n"  # DONE before "+ idling" would be read as a command
     out = s.upstream_data(b"+ idling\r\n")
-    assert up(out) == b"" and sent(out) == b"+ idling\r\n"  # IDLE's "+", shown to the client
+    assert sent(out) == b"+ idling\r\n"  # IDLE's "+", shown to the client ...
+    assert up(out) == b"DONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED)  # ... not the literal's
     out = s.upstream_data(b"i1 OK Idle completed\r\na1 NO [TRYCREATE] Mailbox doesn't exist\r\n")
     assert SMUGGLED not in up(out), "the refused APPEND's literal must never be sent"
     assert sent(out) == b"i1 OK Idle completed\r\na1 NO [TRYCREATE] No such folder\r\n"
-    out = s.client_data(b"n1 NOOP\r\n")
-    assert up(out) == b"n1 NOOP\r\n"
+    assert up(s.client_data(b"n1 NOOP\r\n")) == b"n1 NOOP\r\n"
 
 
 def test_literal_goes_after_its_own_continuation():
     s = session()
     s.client_data(b"i1 IDLE\r\nDONE\r\na1 APPEND Lavoro {3}\r\nabc\r\n")
-    assert up(s.upstream_data(b"+ idling\r\n")) == b""
+    assert up(s.upstream_data(b"+ idling\r\n")) == b"DONE\r\na1 APPEND Lavoro {3}\r\n"
     assert up(s.upstream_data(b"i1 OK done\r\n+ go ahead\r\n")) == b"abc\r\n"
+
+
+def test_idle_refused_by_the_provider_gets_no_done():
+    s = session()
+    s.client_data(b"i1 IDLE\r\n")
+    out = s.upstream_data(b"i1 NO IDLE not allowed now\r\n")
+    assert sent(out) == b"i1 NO IDLE not allowed now\r\n"
+    out = s.client_data(b"DONE\r\n")  # the client had not seen the NO yet: DONE is no command
+    assert up(out) == b""
+
+
+def test_the_gateways_own_commands_wait_until_idle_is_over():
+    s = session()
+    s.client_data(b"t1 SELECT Lavoro/Manca\r\ni1 IDLE\r\n")
+    out = s.upstream_data(b"t1 NO Mailbox doesn't exist: Lavoro/Manca\r\n+ idling\r\n")
+    assert up(out) == b""  # the deselect after the failed SELECT must not land inside IDLE
+    out = s.client_data(b"DONE\r\n")
+    assert up(out) == b"DONE\r\nPECGW.d1 UNSELECT\r\n"
+
+
+@pytest.mark.parametrize("command", [b"IDLE {4+}\r\nDONE", b"NOOP x", b"CHECK (1)", b"CLOSE now", b"EXPUNGE 1:*"])
+def test_commands_without_arguments_refuse_them(command):
+    s = session()
+    out = s.client_data(b"c1 " + command + b"\r\n")
+    assert up(out) == b"" and sent(out).startswith(b"c1 BAD ") and b"takes no arguments" in sent(out)
+
+
+@pytest.mark.parametrize("reply", [b"+ surprise\r\n", b"zz OK not yours\r\n"])
+def test_a_provider_out_of_step_ends_the_session(reply):
+    s = session()
+    out = s.upstream_data(reply)
+    assert sent(out).startswith(b"* BYE [UNAVAILABLE]") and closes(out)
 
 
 def test_a_duplicate_tag_is_refused_and_not_relayed():

@@ -21,7 +21,7 @@ from gateway.imap_proxy.framing import NEED_DATA, Frame, Framer, LiteralRefused
 from gateway.imap_proxy.session import SessionLimits, SessionState
 from gateway.login import Failure, LoginResult
 from tests.unit.fake_provider import provider_link, provider_sends
-from tests.unit.transcript import UPSTREAM_CAPS, closes, feed, logged_in, new_session, sent
+from tests.unit.transcript import UPSTREAM_CAPS, closes, feed, logged_in, new_session, sent, selected
 
 
 
@@ -85,7 +85,7 @@ def test_provider_search_result_longer_than_64k_is_relayed():
     """The upstream framer reuses the *client* ``max_line`` (64 KiB).  ``* SEARCH``/``* THREAD``/
     ``* VANISHED`` lines of a mailbox with ~11k+ messages are longer, and the session dies with
     ``* BYE [UNAVAILABLE] The PEC provider sent something the gateway cannot relay``."""
-    s = logged_in()
+    s = selected()
     s.client_data(b"A1 UID SEARCH ALL\r\n")
     line = b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, 15001)) + b"\r\n"  # ~84 KB
     out = s.upstream_data(line + b"A1 OK Search completed\r\n")
