@@ -339,3 +339,17 @@ def test_rename_cannot_carry_a_hidden_subfolder_into_view(gw, dovecot):
         assert names == [b"Ufficio Legale/A", b"Ufficio Legale/A/Riservata"]
     finally:
         d.logout()
+
+
+def test_pipelined_idles_and_idle_with_arguments(gw, dovecot):
+    before = messages(gw, dovecot, "Contabilit&AOA-")
+    alice = raw_login(gw, "alice")
+    try:
+        out = alice.command(b"i1 IDLE\r\nDONE\r\ni2 IDLE\r\nDONE\r\nn1 NOOP\r\n", b"n1")
+        assert out.count(b"+ idling") == 2 and b"i2 OK" in out and b"n1 OK" in out, out
+        # Dovecot reads nothing after IDLE: a literal there would be taken for DONE and commands
+        out = alice.command(b"i3 IDLE {%d+}\r\nDONE\r\n" % (len(SMUGGLED) + 6) + SMUGGLED + b"\r\n", b"i3")
+        assert out.endswith(b"i3 BAD IDLE takes no arguments\r\n"), out
+    finally:
+        alice.close()
+    assert messages(gw, dovecot, "Contabilit&AOA-") == before

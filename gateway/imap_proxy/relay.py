@@ -117,7 +117,7 @@ class UpstreamPacer:
         self._queue: deque[tuple[str, deque[_Chunk]]] = deque()
         self._blocked: tuple[str, str] | None = None  # (tag, "literal" | "idle") the writes wait on
         self._idle_plus = False  # the provider said "+ idling": DONE may be written
-        self._done: bytes | None = None  # DONE from the client, held until "+ idling"
+        self._done: str | None = None  # the IDLE tag whose DONE the client sent before "+ idling"
         self.owed: deque[tuple[str, str]] = deque()  # (tag, "literal" | "idle"), oldest first
 
     @property
@@ -128,6 +128,11 @@ class UpstreamPacer:
     @property
     def idle(self) -> bool:
         return self._blocked is None and not self._queue
+
+    @property
+    def blocked(self) -> bool:
+        """True while nothing may be written: a literal or IDLE waits for the provider."""
+        return self._blocked is not None
 
     def chunks_for(self, frame: Frame, *, idle: bool = False) -> deque[_Chunk]:
         if idle and frame.literals:
@@ -152,15 +157,16 @@ class UpstreamPacer:
         self._queue.append((tag, self.chunks_for(frame, idle=idle)))
         return self._pump()
 
-    def done(self, line: bytes) -> list[bytes]:
-        """The client ended IDLE: DONE goes now, after ``+ idling``, or never (IDLE is over)."""
-        if self._blocked is None or self._blocked[1] != "idle":
-            return []  # the provider already answered IDLE: it expects no DONE
+    def done(self, tag: str) -> list[bytes]:
+        """The client ended the IDLE tagged ``tag``: DONE goes now, after its ``+ idling``, or
+        never (the provider already answered that IDLE)."""
+        if self._blocked != (tag, "idle"):
+            return []
         if not self._idle_plus:
-            self._done = line
+            self._done = tag
             return []
         self._blocked, self._idle_plus = None, False
-        return [line] + self._pump()
+        return [b"DONE\r\n"] + self._pump()
 
     def continuation(self) -> tuple[str | None, list[bytes]]:
         """The provider sent ``+``: whom it was for (``"literal"``, ``"idle"``, or None when

@@ -222,15 +222,16 @@ class ImapSession:
     def reading_paused(self) -> bool:
         """True while the client must not be read.
 
-        That is while a login is out, while the provider has not yet asked for a literal the
-        gateway holds (later commands would pile up in memory, literals and all), and while too
-        many commands are in flight — except during IDLE, when the client's next line is the
-        ``DONE`` that frees the table.
+        That is while a login is out, while a RENAME waits for the gateway's subfolder LIST,
+        while the writes to the provider wait for it (a literal it has not asked for yet, or an
+        IDLE it has not acknowledged: later commands would pile up in memory, literals and all),
+        and while too many commands are in flight — except during IDLE, when the client's next
+        line is the ``DONE`` that ends it.
         """
         if self.state is SessionState.AUTHENTICATING or self._held is not None:
             return True
-        if self._pacer is not None and self._pacer.waiting_tag is not None:
-            return True
+        if self._pacer is not None and self._pacer.blocked and not self._idling:
+            return True  # a literal or an IDLE waits for the provider: later commands would pile up
         return len(self.inflight) >= self.limits.max_in_flight and not self._idling
 
     # ======================================================================= client side
@@ -478,11 +479,11 @@ class ImapSession:
         Commands pipelined after DONE are ordinary commands again, even before the provider's
         tagged reply to IDLE arrives.
         """
-        if frame.literals or frame.first_line.upper() != b"DONE":
+        if frame.literals or frame.lines[0].upper() != b"DONE\r\n":
             return self._bye(b"Expected DONE to end IDLE", reason="client_idle_protocol")
         self._idling = False
-        assert self._pacer is not None
-        return [act.SendToUpstream(c) for c in self._pacer.done(frame.raw)]
+        assert self._pacer is not None and self._idle_entry is not None
+        return [act.SendToUpstream(c) for c in self._pacer.done(self._idle_entry.tag)]
 
     def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
         """Answer a command from the gateway, in order with replies still due from the provider."""
@@ -497,8 +498,8 @@ class ImapSession:
             if kind is None:
                 return self._upstream_broken("a continuation request nobody was waiting for")
             out = [act.SendToUpstream(c) for c in chunks]
-            if kind == "idle":
-                return [act.SendToClient(frame.raw)] + out  # "+ idling", for the client
+            if kind == "idle":  # "+ idling", for the client; a DONE it sent may go now
+                return [act.SendToClient(frame.raw)] + out + self._pump_client()
             return out + self._pump_client()
         if head.kind is Kind.UNTAGGED:
             if head.name == "LIST" and self._held is not None and self._held.listing:

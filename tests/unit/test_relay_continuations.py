@@ -33,8 +33,9 @@ def test_nothing_is_written_while_idling_and_done_waits_for_idles_continuation()
     out = s.client_data(b"i1 IDLE\r\nDONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n")
     assert up(out) == b"i1 IDLE\r\n"  # DONE before "+ idling" would be read as a command
     out = s.upstream_data(b"+ idling\r\n")
-    assert sent(out) == b"+ idling\r\n"  # IDLE's "+", shown to the client ...
-    assert up(out) == b"DONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED)  # ... not the literal's
+    # IDLE's "+" is shown to the client, not taken for the literal; the APPEND is read only now
+    assert sent(out) == b"+ idling\r\n+ Ready for literal data\r\n"
+    assert up(out) == b"DONE\r\na1 APPEND Lavoro/Manca {%d}\r\n" % len(SMUGGLED)
     out = s.upstream_data(b"i1 OK Idle completed\r\na1 NO [TRYCREATE] Mailbox doesn't exist\r\n")
     assert SMUGGLED not in up(out), "the refused APPEND's literal must never be sent"
     assert sent(out) == b"i1 OK Idle completed\r\na1 NO [TRYCREATE] No such folder\r\n"
@@ -95,3 +96,42 @@ def test_a_duplicate_tag_cannot_change_the_tracked_selection():
     s.upstream_data(b"t OK NOOP completed\r\n")
     out = s.client_data(b"u STORE 1 +FLAGS (\\Deleted)\r\n")  # still judged in Lavoro, where t is granted
     assert up(out) == b"u STORE 1 +FLAGS (\\Deleted)\r\n"
+
+
+def test_nothing_more_is_read_while_done_waits_for_idles_continuation():
+    """Uploads must not pile up in memory while the provider has not acknowledged IDLE."""
+    s = session()
+    body = b"x" * 100_000
+    out = s.client_data(b"i1 IDLE\r\nDONE\r\n" + b"a1 APPEND Lavoro {%d+}\r\n" % len(body) + body + b"\r\n")
+    assert up(out) == b"i1 IDLE\r\n" and s.reading_paused
+    assert s.client_framer.buffered > len(body)  # still unparsed bytes, not a queued command
+    out = s.upstream_data(b"+ idling\r\n")
+    assert up(out) == b"DONE\r\na1 APPEND Lavoro {%d}\r\n" % len(body)
+    assert up(s.upstream_data(b"i1 OK done\r\n+ OK\r\n")) == body + b"\r\n"
+
+
+def test_two_pipelined_idles_each_get_their_done():
+    s = session()
+    out = s.client_data(b"i1 IDLE\r\nDONE\r\ni2 IDLE\r\nDONE\r\nn1 NOOP\r\n")
+    assert up(out) == b"i1 IDLE\r\n"
+    assert up(s.upstream_data(b"+ idling\r\n")) == b"DONE\r\ni2 IDLE\r\n"
+    assert up(s.upstream_data(b"i1 OK Idle completed\r\n")) == b""
+    assert up(s.upstream_data(b"+ idling\r\n")) == b"DONE\r\nn1 NOOP\r\n"
+    assert sent(s.upstream_data(b"i2 OK Idle completed\r\nn1 OK done\r\n")) == (
+        b"i2 OK Idle completed\r\nn1 OK done\r\n")
+
+
+@pytest.mark.parametrize("done", [b"DONE\n\n\n\r\n", b"DONE\r\r\n", b"DONE \r\n"])
+def test_only_an_exact_done_ends_idle(done):
+    s = session()
+    s.client_data(b"i1 IDLE\r\n")
+    s.upstream_data(b"+ idling\r\n")
+    out = s.client_data(done)
+    assert up(out) == b"" and sent(out).startswith(b"* BYE Expected DONE") and closes(out)
+
+
+def test_done_is_sent_as_the_gateway_writes_it():
+    s = session()
+    s.client_data(b"i1 IDLE\r\n")
+    s.upstream_data(b"+ idling\r\n")
+    assert up(s.client_data(b"done\r\n")) == b"DONE\r\n"
