@@ -12,7 +12,7 @@ import datetime as _dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["AuditEvent", "AuditSink", "Action", "Decision", "utc_now"]
+__all__ = ["AuditEvent", "AuditSink", "Action", "Decision", "MessageRef", "utc_now"]
 
 
 class Action:
@@ -38,6 +38,29 @@ def utc_now() -> _dt.datetime:
 
 
 @dataclass(frozen=True)
+class MessageRef:
+    """Which message an event is about, as an auditor can recognise it.
+
+    A UID alone is useless to an auditor (it is reused after UIDVALIDITY changes, and says
+    nothing about the content), so the headers that identify a PEC come along: ``Message-ID``,
+    ``Subject``, ``From``, ``Date`` and, for PEC, the kind (``posta-certificata``,
+    ``accettazione``, ``avvenuta-consegna``… — the ``X-Trasporto``/``X-Ricevuta`` value), the
+    ``identificativo`` and ``X-Riferimento-Message-ID`` (see PEC.md §1, §4).  Fields the gateway
+    could not resolve are None.
+    """
+
+    uidvalidity: int | None = None
+    uid: int | None = None
+    message_id: str | None = None
+    subject: str | None = None
+    sender: str | None = None  # the From header, as written
+    date: str | None = None  # the Date header, as written
+    pec_kind: str | None = None
+    pec_id: str | None = None  # the PEC identificativo
+    pec_ref: str | None = None  # X-Riferimento-Message-ID
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     """One audited action by one person (or one failed attempt by a claimed identity)."""
 
@@ -54,6 +77,7 @@ class AuditEvent:
     client_name: str | None = None  # from IMAP ID, e.g. "Thunderbird 128.3"
     reason: str | None = None  # internal reason class, e.g. "bad_otp"; never shown to clients
     detail: dict[str, Any] = field(default_factory=dict)
+    message: MessageRef | None = None  # for events about one message: one event per message
 
     def __post_init__(self) -> None:
         if self.when.tzinfo is None:
@@ -66,6 +90,8 @@ class AuditEvent:
         data = asdict(self)
         data["when"] = self.when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
         data["offices"] = list(self.offices)
+        if self.message is None:
+            data.pop("message")
         return data
 
 
