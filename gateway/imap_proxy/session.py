@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from gateway.audit.events import Action, AuditEvent, Decision, utc_now
+from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
 from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.audit_trail import AuditTrail, Happened
 from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabilities
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
@@ -37,7 +38,7 @@ from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
 from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
-from gateway.imap_proxy.syntax import Atom, String
+from gateway.imap_proxy.syntax import Atom, String, astring_octets
 from gateway.login import Failure, LoginRequest, LoginResult
 from gateway.secret import Secret
 
@@ -93,6 +94,7 @@ class ImapSession:
         self.session_id = session_id
         self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
         self._guard: FolderGuard | None = None  # set at login
+        self._trail: AuditTrail | None = None  # set at login: what the person did, per message
         self._held: _Held | None = None  # a RENAME waiting for the gateway's LIST of its subfolders
         self.client_ip = client_ip
         self.tls_active = tls_active
@@ -177,6 +179,7 @@ class ImapSession:
             upper = {c.upper() for c in upstream_capabilities or ()}
             access = FolderAccess(self._policy, result.person or "", result.groups, result.mailbox or "")
             self._guard = FolderGuard(access, unselect="UNSELECT" in upper)
+            self._trail = AuditTrail(access.human)
             self.offices = access.offices
             self._pacer = UpstreamPacer()
             self.client_framer.max_literal = self.limits.max_literal
@@ -402,6 +405,7 @@ class ImapSession:
             # keep its place in the reply order; later commands wait unread until it is decided
             self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, verdict.hold)
             return out + self._list_for_held()
+        self._note_relayed(cmd)
         if cmd.name == "ID":
             self._record_client_id(cmd)
         elif cmd.name == "ENABLE":
@@ -423,6 +427,8 @@ class ImapSession:
         if verdict.notes:
             out.append(act.SendToClient(verdict.notes))
         if verdict.withdrawn is not None:
+            if self._trail is not None:
+                self._trail.deselected()
             out.append(self._audit(Action.FOLDER_WITHDRAWN, Decision.DENY, reason="policy_reload",
                                    folder=verdict.withdrawn))
         d = verdict.denial
@@ -430,6 +436,16 @@ class ImapSession:
             out.append(self._audit(Action.DENIED, Decision.DENY, reason=d.code.lower(), folder=d.folder,
                                    detail={"command": d.command, "missing": d.missing, "rules": d.rules}))
         return out
+
+    def _note_relayed(self, cmd: Command) -> None:
+        """Tell the audit trail about a command on its way to the provider."""
+        if self._trail is not None and cmd.spec is not None:
+            self._trail.command(cmd, tuple(astring_octets(cmd.args[i]) if i < len(cmd.args) else None
+                                           for i in cmd.spec.mailbox_args))
+
+    def _happened(self, records: list[Happened]) -> list:
+        return [self._audit(h.action, Decision.ALLOW, folder=h.folder, detail=h.detail, message=h.message)
+                for h in records]
 
     def _send_own(self, lines: list[bytes]) -> list:
         """The gateway's own commands (``PECGW.`` tags), through the pacer like any other."""
@@ -506,18 +522,19 @@ class ImapSession:
                 assert self._guard is not None
                 self._guard.collect(frame)  # nothing else is in flight: this is the gateway's LIST
                 return []
+            audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
                 if kept is None:
-                    return []
+                    return audit
                 frame = kept
             if head.name == "CAPABILITY":
                 caps = frame.first_line.decode("latin-1").split()[2:]
                 return [act.SendToClient(b"* CAPABILITY %s\r\n" % " ".join(_client_caps(caps)).encode())]
             if head.name in ("OK", "NO", "BAD", "BYE", "PREAUTH"):
                 self._provider_said_bye |= head.name == "BYE"
-                return [act.SendToClient(self._rewrite_capability_code(frame))]
-            return [act.SendToClient(frame.raw)]
+                return [act.SendToClient(self._rewrite_capability_code(frame))] + audit
+            return [act.SendToClient(frame.raw)] + audit
         return self._on_tagged(head.tag or "", frame)
 
     def _on_tagged(self, tag: str, frame: Frame) -> list:
@@ -528,6 +545,8 @@ class ImapSession:
             return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
+        if self._trail is not None:
+            out += self._happened(self._trail.tagged(tag, frame))
         if self._guard is not None:
             frame, own = self._guard.tagged_reply(tag, frame)
             out += self._send_own(own)
@@ -565,6 +584,7 @@ class ImapSession:
         ok = parse_status(listed).status == "OK"
         verdict = self._guard.rename_listed(cmd, ok)
         if verdict.reply is None:
+            self._note_relayed(cmd)
             out = [act.SendToUpstream(c) for c in self._pacer.submit(cmd.tag, frame)]
         else:
             released = self.inflight.answer(entry, verdict.reply)
@@ -618,11 +638,13 @@ class ImapSession:
         self.state = state
 
     def _audit(self, action: str, decision: str, *, reason: str | None = None, person: str | None = None,
-               mailbox: str | None = None, folder: str | None = None, detail: dict | None = None) -> act.Audit:
+               mailbox: str | None = None, folder: str | None = None, detail: dict | None = None,
+               message: MessageRef | None = None) -> act.Audit:
         return act.Audit(AuditEvent(
             when=self._now(), session_id=self.session_id, protocol="imap", action=action, decision=decision,
             person=person or self.person, offices=self.offices, mailbox=mailbox or self.mailbox, folder=folder,
-            client_ip=self.client_ip, client_name=self.client_name, reason=reason, detail=detail or {}))
+            client_ip=self.client_ip, client_name=self.client_name, reason=reason, detail=detail or {},
+            message=message))
 
     def _bye(self, text: bytes, *, reason: str = "", log: str | None = None) -> list:
         out: list = [act.SendToClient(b"* BYE %s\r\n" % text)]

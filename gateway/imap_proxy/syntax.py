@@ -18,7 +18,7 @@ from __future__ import annotations
 from gateway.imap_proxy.errors import ClientProtocolError
 from gateway.imap_proxy.framing import Frame
 
-__all__ = ["Atom", "String", "Reader", "TokenError", "quote_string"]
+__all__ = ["Atom", "String", "Reader", "TokenError", "quote_string", "astring_octets"]
 
 
 class TokenError(ClientProtocolError):
@@ -235,3 +235,13 @@ def quote_string(value: bytes) -> bytes:
     if b"\r" in value or b"\n" in value or any(c >= 0x80 or c == 0 for c in value):
         return b"{%d}\r\n%s" % (len(value), value)
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def astring_octets(value) -> bytes | None:
+    """The octets of an astring (atom, quoted string or literal) — a mailbox name, say — or
+    None when ``value`` is a list."""
+    if isinstance(value, String):
+        return bytes(value)
+    if isinstance(value, Atom):
+        return value.encode("latin-1")
+    return None

@@ -1,0 +1,266 @@
+"""What a person did, message by message, read from the commands and the provider's replies.
+
+Pure, like the session that feeds it: :meth:`AuditTrail.command` when a client command is
+relayed, :meth:`untagged` for each untagged reply, :meth:`tagged` for each command's tagged
+reply.  Each returns :class:`Happened` records — action, folder, message, detail — which the
+session turns into audit events for the person.
+
+Only what the provider confirmed is recorded: a SELECT counts when it is answered OK, a FETCH
+per ``* n FETCH`` that came back while the person's FETCH ran, a COPY per UID pair of its
+``[COPYUID …]``.  An EXPUNGE reply counts for the person only while their EXPUNGE, UID EXPUNGE
+or MOVE is running: the same reply at other times reports what *another* session did.
+
+Messages are named by UIDVALIDITY and UID (:class:`~gateway.imap_proxy.mailbox_view.MailboxView`
+keeps sequence numbers mapped to UIDs); the headers that identify a PEC are filled in later by
+the gateway's identity lookups.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.audit.events import MessageRef
+from gateway.imap_proxy.commands import Command
+from gateway.imap_proxy.fetch_response import parse_fetch
+from gateway.imap_proxy.framing import Frame
+from gateway.imap_proxy.mailbox_view import MailboxView, parse_uid_set
+from gateway.imap_proxy.responses import Head, StatusResponse, parse_status
+
+__all__ = ["AuditTrail", "Happened"]
+
+_EXPUNGING = frozenset({"EXPUNGE"})  # MOVE's expunges are its "move" rows, not rows of their own
+
+
+@dataclass(frozen=True)
+class Happened:
+    """One audited action: ``message`` for the per-message ones."""
+
+    action: str
+    folder: str | None
+    message: MessageRef | None = None
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Running:
+    """A client command between its relay and its tagged reply."""
+
+    name: str
+    uid: bool
+    folder: str | None  # the folder it acts in (the selected one, or its argument)
+    target: str | None = None  # COPY/MOVE/APPEND destination, RENAME's new name
+    flags: tuple[str, str, bool] | None = None  # STORE: ("+FLAGS", "\\Seen \\Flagged", silent)
+    messages: str = ""  # STORE: the sequence or UID set
+    moved: list[tuple[int, int]] = field(default_factory=list)  # MOVE: (source UID, destination UID)
+
+
+def _uid_pairs(code_data: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """``[COPYUID 38505 304,319:320 3956:3958]`` → (38505, [(304, 3956), (319, 3957), (320, 3958)])."""
+    parts = code_data.split()
+    if len(parts) != 3 or not parts[0].isdigit():
+        return None, []
+    try:
+        src, dst = parse_uid_set(parts[1], limit=100_000), parse_uid_set(parts[2], limit=100_000)
+    except ValueError:
+        return int(parts[0]), []
+    return int(parts[0]), list(zip(src, dst)) if len(src) == len(dst) else []
+
+
+class AuditTrail:
+    """One session's record keeping; ``folder_name`` turns a wire name into its human name."""
+
+    def __init__(self, folder_name) -> None:
+        self._name = folder_name
+        self.folder: str | None = None  # the selected folder, as the provider confirmed it
+        self.view: MailboxView | None = None
+        self._running: dict[str, _Running] = {}
+        self._order: deque[str] = deque()  # running tags, oldest first
+        self._selecting: tuple[str, str, bool] | None = None  # (tag, folder, read-only)
+        self._select_view: MailboxView | None = None
+
+    # ------------------------------------------------------------------ client commands
+    def command(self, cmd: Command, wire_args: tuple[bytes | None, ...]) -> None:
+        """A client command is being relayed; ``wire_args`` are its mailbox arguments."""
+        name = cmd.name
+        human = [self._name(w) if w is not None else None for w in wire_args]
+        running = _Running(name, cmd.uid, self.folder)
+        if name in ("SELECT", "EXAMINE"):
+            self._selecting = (cmd.tag, human[0] or "", name == "EXAMINE")
+            self._select_view = MailboxView()
+        elif name in ("CREATE", "DELETE", "APPEND"):
+            running.folder, running.target = human[0], human[0]
+        elif name == "RENAME":
+            running.folder, running.target = human[0], human[1] if len(human) > 1 else None
+        elif name in ("COPY", "MOVE"):
+            running.target = human[0] if human else None
+        elif name == "STORE":
+            running.flags = _store_flags(cmd)
+            running.messages = str(cmd.args[0]) if cmd.args else ""
+        self._running[cmd.tag] = running
+        self._order.append(cmd.tag)
+
+    def _oldest(self, names: frozenset[str] | set[str]) -> _Running | None:
+        for tag in self._order:
+            running = self._running.get(tag)
+            if running is not None and running.name in names:
+                return running
+        return None
+
+    # ------------------------------------------------------------------ provider replies
+    def untagged(self, head: Head, frame: Frame) -> list[Happened]:
+        name = head.name
+        view = self._select_view if self._selecting is not None else self.view
+        if name == "EXISTS" and head.number is not None and view is not None:
+            view.exists(head.number)
+        elif name == "FETCH" and head.number is not None:
+            return self._fetched(frame)
+        elif name == "EXPUNGE" and head.number is not None and self.view is not None:
+            uid = self.view.expunge(head.number)
+            running = self._oldest(_EXPUNGING)
+            if running is not None:
+                return [Happened("expunge", self.folder, self._ref(uid), {"by": running.name})]
+        elif name == "VANISHED" and self.view is not None:
+            return self._vanished(frame)
+        elif name == "OK":
+            return self._untagged_ok(parse_status(frame), view)
+        return []
+
+    def _untagged_ok(self, status: StatusResponse, view: MailboxView | None) -> list[Happened]:
+        if status.code == "UIDVALIDITY" and view is not None and status.code_data.isdigit():
+            view.uidvalidity = int(status.code_data)
+        elif status.code == "COPYUID":  # MOVE reports it untagged (RFC 6851 §4.3)
+            running = self._oldest({"MOVE"})
+            if running is not None:
+                _validity, pairs = _uid_pairs(status.code_data)
+                running.moved.extend(pairs)
+        return []
+
+    def _fetched(self, frame: Frame) -> list[Happened]:
+        data = parse_fetch(frame)
+        if data is None or self.view is None:
+            return []
+        if data.uid is not None:
+            self.view.learn(data.seq, data.uid)
+        uid = data.uid if data.uid is not None else self.view.uid_of(data.seq)
+        running = self._oldest({"FETCH", "STORE"})
+        if running is None:
+            return []  # an unsolicited flag update: another session's doing
+        if running.name == "STORE":
+            op, flags, _silent = running.flags or ("", "", False)
+            return [Happened("flags", self.folder, self._ref(uid), {
+                "change": op, "flags": flags, "now": list(data.flags) if data.flags is not None else None})]
+        kind = "body" if data.body else "headers" if data.headers else "metadata"
+        return [Happened("fetch", self.folder, self._ref(uid), {
+            "content": kind, "items": list(data.content + data.headers + data.other)})]
+
+    def _vanished(self, frame: Frame) -> list[Happened]:
+        text = frame.lines[0].decode("latin-1").split()
+        if len(text) < 3:
+            return []
+        try:
+            uids = parse_uid_set(text[-1], limit=100_000)
+        except ValueError:
+            return []
+        gone = self.view.vanished(uids) if self.view is not None else []
+        running = self._oldest(_EXPUNGING)
+        if running is None or "(EARLIER)" in (t.upper() for t in text):
+            return []
+        return [Happened("expunge", self.folder, self._ref(uid), {"by": running.name}) for uid in gone]
+
+    def tagged(self, tag: str, frame: Frame) -> list[Happened]:
+        """A client command's tagged reply; what it confirmed."""
+        running = self._running.pop(tag, None)
+        if tag in self._order:
+            self._order.remove(tag)
+        status = parse_status(frame)
+        ok = status.status == "OK"
+        if self._selecting is not None and self._selecting[0] == tag:
+            _tag, folder, examine = self._selecting
+            self._selecting = None
+            if not ok:
+                self.folder, self.view = None, None
+                return []
+            self.folder, self.view = folder, self._select_view
+            read_only = examine or status.code == "READ-ONLY"
+            return [Happened("examine" if read_only else "select", folder, None, {
+                "uidvalidity": self.view.uidvalidity if self.view else None,
+                "messages": len(self.view) if self.view else None})]
+        if running is None or not ok:
+            return []
+        return self._confirmed(running, status)
+
+    def _confirmed(self, running: _Running, status: StatusResponse) -> list[Happened]:
+        name = running.name
+        if name in ("CLOSE", "UNSELECT"):
+            self.folder, self.view = None, None
+        elif name == "STORE" and running.flags is not None and running.flags[2]:
+            return self._silent_store(running)
+        elif name == "CREATE":
+            return [Happened("folder_create", running.target)]
+        elif name == "DELETE":
+            return [Happened("folder_delete", running.target)]
+        elif name == "RENAME":
+            return [Happened("folder_rename", running.folder, None, {"to": running.target})]
+        elif name == "APPEND":
+            validity, uid = _append_uid(status)
+            return [Happened("append", running.target, MessageRef(validity, uid))]
+        elif name == "COPY":
+            validity, pairs = _uid_pairs(status.code_data) if status.code == "COPYUID" else (None, [])
+            return [Happened("copy", running.folder, self._ref(src), {
+                "to": running.target, "to_uidvalidity": validity, "to_uid": dst}) for src, dst in pairs]
+        elif name == "MOVE":
+            validity, pairs = (None, running.moved) if status.code != "COPYUID" else _uid_pairs(status.code_data)
+            return [Happened("move", running.folder, self._ref(src), {
+                "to": running.target, "to_uid": dst}) for src, dst in pairs]
+        return []
+
+    def _silent_store(self, running: _Running) -> list[Happened]:
+        """``STORE … .SILENT`` sends no FETCH replies: one row per message of its set, as known."""
+        op, flags, _silent = running.flags or ("", "", True)
+        return [Happened("flags", self.folder, self._ref(uid), {"change": op, "flags": flags, "now": None})
+                for uid in self._uids_of(running.messages, running.uid)]
+
+    def _uids_of(self, text: str, uid: bool) -> list[int | None]:
+        """The messages a sequence set (or UID set) names in the view; ``*`` is the last one."""
+        view = self.view
+        if view is None or not text:
+            return []
+        known = [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
+        last = (max(known) if known else 0) if uid else len(view)
+        try:
+            numbers = parse_uid_set(text.replace("*", str(max(last, 1))), limit=100_000)
+        except ValueError:
+            return []
+        if uid:
+            present = set(known)
+            return [n for n in numbers if n in present]
+        return [view.uid_of(n) for n in numbers if n <= len(view)]
+
+    def deselected(self) -> None:
+        """The gateway itself left the folder (a policy reload withdrew it)."""
+        self.folder, self.view = None, None
+
+    def _ref(self, uid: int | None) -> MessageRef:
+        return MessageRef(self.view.uidvalidity if self.view is not None else None, uid)
+
+
+def _append_uid(status: StatusResponse) -> tuple[int | None, int | None]:
+    """``[APPENDUID 38505 3955]`` (RFC 4315) → (38505, 3955)."""
+    parts = status.code_data.split() if status.code == "APPENDUID" else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None, None
+
+
+def _store_flags(cmd: Command) -> tuple[str, str, bool]:
+    """``STORE 1:3 +FLAGS.SILENT (\\Seen)`` → ("+FLAGS", "\\Seen", True) (the guard has checked
+    the syntax: an optional modifier list, the item, one flag list or bare flags)."""
+    args = list(cmd.args[1:])
+    if args and isinstance(args[0], list):
+        args.pop(0)
+    if not args:
+        return "", "", False
+    item = str(args[0]).upper()
+    flags = args[1] if len(args) == 2 and isinstance(args[1], list) else args[1:]
+    return item.removesuffix(".SILENT"), " ".join(str(f) for f in flags), item.endswith(".SILENT")
