@@ -52,7 +52,7 @@ from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.responses import parse_status
 from gateway.imap_proxy.rewrite import peek_fetch, plain_sections, replace_command_name, rfc822_names, with_lines
-from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError, quote_string
+from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError, astring_octets, quote_string
 
 __all__ = ["FolderGuard", "Verdict", "Denial", "NO_SUCH_FOLDER"]
 
@@ -105,15 +105,6 @@ class Verdict:
     withdrawn: str | None = None
     end_session: bool = False
     hold: bytes | None = None  # relay nothing yet: first send this gateway command (RENAME's LIST)
-
-
-def _wire(arg) -> bytes | None:
-    """A mailbox argument's wire octets (atom, quoted string or literal), or None."""
-    if isinstance(arg, String):
-        return bytes(arg)
-    if isinstance(arg, Atom):
-        return arg.encode("latin-1")
-    return None
 
 
 def _flag_rights(flags: list) -> list[Right] | None:
@@ -216,7 +207,7 @@ class FolderGuard:
 
     # ------------------------------------------------------------------ folders by name
     def _mailbox_arg(self, cmd: Command, position: int) -> bytes | None:
-        return _wire(cmd.args[position]) if position < len(cmd.args) else None
+        return astring_octets(cmd.args[position]) if position < len(cmd.args) else None
 
     def _deny(self, cmd: Command, folder: bytes | None, code: str, missing: str,
               decision: Decision | None, text: bytes) -> Verdict:
@@ -274,7 +265,7 @@ class FolderGuard:
             reader = Reader(frame, start=1)
             for _ in range(3):
                 reader.read()
-            wire = _wire(reader.read())
+            wire = astring_octets(reader.read())
         except TokenError:
             wire = None
         self._rename[3].append(wire)
@@ -326,7 +317,7 @@ class FolderGuard:
         """
         if cmd.name != "APPEND" or not cmd.args or self.access.stale:
             return Verdict()  # after a reload the complete command applies it, in order
-        folder = _wire(cmd.args[0])
+        folder = astring_octets(cmd.args[0])
         return Verdict() if folder is None else self._append(cmd, folder)
 
     # ------------------------------------------------------------------ the selected folder
@@ -494,12 +485,12 @@ class FolderGuard:
             if name == "NAMESPACE":
                 return self._namespace(frame, [reader.read() for _ in range(3)])
             if name == "STATUS":
-                wire = _wire(reader.read())
+                wire = astring_octets(reader.read())
                 wanted: tuple[Right, ...] = (Right.LOOKUP, Right.READ)
             else:  # LIST, LSUB: (flags) delimiter name [extended data]
                 reader.read()
                 reader.read()
-                wire = _wire(reader.read())
+                wire = astring_octets(reader.read())
                 wanted = (Right.LOOKUP,)
         except TokenError:
             return None  # a folder response the gateway cannot read is not relayed
@@ -537,7 +528,7 @@ class FolderGuard:
                 continue
             kept = []
             for entry in group:
-                prefix = _wire(entry[0]) if isinstance(entry, list) and entry else None
+                prefix = astring_octets(entry[0]) if isinstance(entry, list) and entry else None
                 human = self.access.human(prefix) if prefix is not None else None
                 if human is not None and self.access.may_see_under(human):
                     kept.append(entry)

@@ -20,11 +20,8 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import Callable
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
@@ -35,12 +32,13 @@ from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
 from gateway.imap_proxy.folder_access import FolderAccess
+from gateway.imap_proxy.preauth import PREAUTH_VERBS, SERVER_NAME, PreauthVerbs
+from gateway.imap_proxy.states import SessionState
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
 from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.syntax import Atom, String, astring_octets
-from gateway.login import Failure, LoginRequest, LoginResult
-from gateway.secret import Secret
+from gateway.login import Failure, LoginResult
 
 __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
 
@@ -49,13 +47,6 @@ GATEWAY_TAG_PREFIX = "PECGW."
 
 #: Capabilities the gateway adds after login: it answers RFC 4314 ACL commands from the policy.
 GATEWAY_CAPABILITIES = ["ACL", "RIGHTS=texk"]
-
-
-class SessionState(Enum):
-    NOT_AUTHENTICATED = "not_authenticated"
-    AUTHENTICATING = "authenticating"
-    AUTHENTICATED = "authenticated"
-    LOGOUT = "logout"
 
 
 @dataclass(frozen=True)
@@ -71,10 +62,8 @@ class SessionLimits:
     max_response_literal: int = 512 * 1024 * 1024
 
 
-_SERVER_NAME = b"PEC-Gateway"
 
-
-class ImapSession:
+class ImapSession(PreauthVerbs):
     """One client connection's protocol state."""
 
     def __init__(
@@ -131,7 +120,7 @@ class ImapSession:
     # ======================================================================= public events
     def connection_made(self) -> list:
         caps = " ".join(self._preauth_caps()).encode()
-        return self._count_out([act.SendToClient(b"* OK [CAPABILITY %s] %s ready\r\n" % (caps, _SERVER_NAME))])
+        return self._count_out([act.SendToClient(b"* OK [CAPABILITY %s] %s ready\r\n" % (caps, SERVER_NAME))])
 
     def client_data(self, data: bytes) -> list:
         """Bytes from the client (``b""`` at end of stream)."""
@@ -288,95 +277,7 @@ class ImapSession:
             return self._relay_command(command, spec.postauth)
         if spec.preauth is not Handling.GATEWAY:
             return self._reply(command, b"%s BAD Log in first\r\n" % command.tag.encode())
-        return _PREAUTH_VERBS[command.name](self, command)
-
-    # -- not authenticated: the gateway's own verbs ------------------------------------------
-    def _pre_capability(self, cmd: Command) -> list:
-        caps = " ".join(self._preauth_caps()).encode()
-        return [act.SendToClient(b"* CAPABILITY %s\r\n%s OK CAPABILITY completed\r\n" % (caps, cmd.tag.encode()))]
-
-    def _pre_noop(self, cmd: Command) -> list:
-        return [act.SendToClient(b"%s OK NOOP completed\r\n" % cmd.tag.encode())]
-
-    def _pre_logout(self, cmd: Command) -> list:
-        out = [act.SendToClient(b"* BYE Logging out\r\n%s OK LOGOUT completed\r\n" % cmd.tag.encode())]
-        return out + self._finish("logout", send_bye=False)
-
-    def _pre_id(self, cmd: Command) -> list:
-        self._record_client_id(cmd)
-        reply = b'* ID ("name" "%s" "version" "%s")\r\n%s OK ID completed\r\n' % (
-            _SERVER_NAME, self._version.encode(), cmd.tag.encode())
-        return [act.SendToClient(reply)]
-
-    def _pre_starttls(self, cmd: Command) -> list:
-        if self.tls_active or not self.starttls_available:
-            return [act.SendToClient(b"%s BAD TLS is already active\r\n" % cmd.tag.encode())]
-        leftover = self.client_framer.clear()
-        if leftover:
-            # RFC 2595 §3.1 / CVE-2011-0411: bytes sent in clear after STARTTLS must never be acted
-            # upon over TLS.  A client that pipelines there is broken or under attack: hang up.
-            return self._bye(b"Commands after STARTTLS must wait for the TLS handshake",
-                             reason="starttls_pipelining", log=f"{len(leftover)} octets pipelined after STARTTLS")
-        return [act.SendToClient(b"%s OK Begin TLS negotiation now\r\n" % cmd.tag.encode()), act.StartTls()]
-
-    def _login_allowed(self, cmd: Command) -> list | None:
-        if self.tls_active or self.plaintext_login:
-            return None
-        return [act.SendToClient(b"%s NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n" % cmd.tag.encode())]
-
-    def _pre_login(self, cmd: Command) -> list:
-        refused = self._login_allowed(cmd)
-        if refused:
-            return refused
-        if len(cmd.args) != 2 or not all(isinstance(a, (Atom, String)) for a in cmd.args):
-            return [act.SendToClient(b"%s BAD LOGIN needs a user name and a password\r\n" % cmd.tag.encode())]
-        user, password = (bytes(a) if isinstance(a, String) else a.encode("latin-1") for a in cmd.args)
-        return self._start_login(cmd.tag, user, password, None)
-
-    def _pre_authenticate(self, cmd: Command) -> list:
-        refused = self._login_allowed(cmd)
-        if refused:
-            return refused
-        if not cmd.args or not isinstance(cmd.args[0], Atom) or len(cmd.args) > 2:
-            return [act.SendToClient(b"%s BAD AUTHENTICATE needs a mechanism\r\n" % cmd.tag.encode())]
-        if cmd.args[0].upper() != "PLAIN":
-            return [act.SendToClient(b"%s NO [CANNOT] Only the PLAIN mechanism is offered\r\n" % cmd.tag.encode())]
-        if len(cmd.args) == 2:  # SASL-IR, RFC 4959: "=" is an empty initial response
-            initial = cmd.args[1]
-            return self._sasl_plain(cmd.tag, b"" if initial == "=" else str(initial).encode("latin-1"))
-        self._sasl_tag = cmd.tag
-        return [act.SendToClient(b"+ \r\n")]
-
-    def _on_sasl_response(self, frame: Frame) -> list:
-        tag, self._sasl_tag = self._sasl_tag, None
-        line = frame.first_line.strip()
-        if line == b"*":  # RFC 3501 §6.2.2: the client cancels
-            return [act.SendToClient(b"%s BAD Authentication cancelled\r\n" % tag.encode())]
-        return self._sasl_plain(tag, line)
-
-    def _sasl_plain(self, tag: str, b64: bytes) -> list:
-        try:
-            decoded = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            return [act.SendToClient(b"%s BAD Invalid base64 in AUTHENTICATE\r\n" % tag.encode())]
-        parts = decoded.split(b"\0")
-        if len(parts) != 3:  # RFC 4616: [authzid] NUL authcid NUL passwd
-            return [act.SendToClient(b"%s BAD Malformed PLAIN response\r\n" % tag.encode())]
-        authzid, authcid, password = parts
-        hint = authzid if authzid and authzid != authcid else None
-        return self._start_login(tag, authcid, password, hint)
-
-    def _start_login(self, tag: str, user: bytes, password: bytes, hint: bytes | None) -> list:
-        try:
-            login = user.decode("utf-8")
-            credential = Secret(password.decode("utf-8"))
-            mailbox_hint = hint.decode("utf-8") if hint else None
-        except UnicodeDecodeError:
-            return [act.SendToClient(b"%s NO [AUTHENTICATIONFAILED] Authentication failed\r\n" % tag.encode())]
-        self._login_tag = tag
-        self._attempted_user = login.partition("#")[0][:128]
-        self._set_state(SessionState.AUTHENTICATING)
-        return [act.Login(LoginRequest(login, credential, self.client_ip, "imap", mailbox_hint))]
+        return PREAUTH_VERBS[command.name](self, command)
 
     # -- authenticated: the relay ------------------------------------------------------------
     def _relay_command(self, cmd: Command, handling: Handling) -> list:
@@ -685,15 +586,3 @@ class _Held:
 def _client_caps(upstream: list[str]) -> list[str]:
     """What the client is told after login: the provider's list filtered, plus the gateway's own."""
     return filter_capabilities(upstream) + GATEWAY_CAPABILITIES
-
-
-#: The verbs the gateway answers itself before login (``Handling.GATEWAY`` in the command table).
-_PREAUTH_VERBS = {
-    "CAPABILITY": ImapSession._pre_capability,
-    "NOOP": ImapSession._pre_noop,
-    "LOGOUT": ImapSession._pre_logout,
-    "ID": ImapSession._pre_id,
-    "STARTTLS": ImapSession._pre_starttls,
-    "LOGIN": ImapSession._pre_login,
-    "AUTHENTICATE": ImapSession._pre_authenticate,
-}

@@ -22,7 +22,7 @@ from gateway.imap_proxy.mailbox import MailboxNameError, decode_mutf7
 from gateway.imap_proxy.provider_link import ProviderLink
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.session import GATEWAY_TAG_PREFIX
-from gateway.imap_proxy.syntax import Reader, String, TokenError
+from gateway.imap_proxy.syntax import Reader, TokenError, astring_octets
 from gateway.secret import Secret
 
 __all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context", "provider_folders"]
@@ -219,7 +219,7 @@ async def provider_folders(cfg: UpstreamConfig, password: Secret) -> list[str]:
             return
         if isinstance(flags, list) and any(str(f).upper() == "\\NONEXISTENT" for f in flags):
             return
-        wire = bytes(name) if isinstance(name, String) else str(name).encode("latin-1")
+        wire = astring_octets(name) or b""
         try:
             names.append(decode_mutf7(wire))
         except MailboxNameError:

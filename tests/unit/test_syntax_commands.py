@@ -84,6 +84,6 @@ def test_quote_string():
 
 
 def test_every_preauth_gateway_verb_has_a_handler():
-    from gateway.imap_proxy.session import _PREAUTH_VERBS
+    from gateway.imap_proxy.preauth import PREAUTH_VERBS
 
-    assert {n for n, spec in COMMANDS.items() if spec.preauth is Handling.GATEWAY} == set(_PREAUTH_VERBS)
+    assert {n for n, spec in COMMANDS.items() if spec.preauth is Handling.GATEWAY} == set(PREAUTH_VERBS)
