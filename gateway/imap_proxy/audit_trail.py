@@ -40,6 +40,7 @@ class Happened:
     folder: str | None
     message: MessageRef | None = None
     detail: dict = field(default_factory=dict)
+    seq: int | None = None  # the message's sequence number, when its UID is not known yet
 
 
 @dataclass
@@ -149,10 +150,11 @@ class AuditTrail:
         if running.name == "STORE":
             op, flags, _silent = running.flags or ("", "", False)
             return [Happened("flags", self.folder, self._ref(uid), {
-                "change": op, "flags": flags, "now": list(data.flags) if data.flags is not None else None})]
+                "change": op, "flags": flags, "now": list(data.flags) if data.flags is not None else None},
+                data.seq)]
         kind = "body" if data.body else "headers" if data.headers else "metadata"
         return [Happened("fetch", self.folder, self._ref(uid), {
-            "content": kind, "items": list(data.content + data.headers + data.other)})]
+            "content": kind, "items": list(data.content + data.headers + data.other)}, data.seq)]
 
     def _vanished(self, frame: Frame) -> list[Happened]:
         text = frame.lines[0].decode("latin-1").split()

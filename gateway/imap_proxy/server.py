@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig, ListenerConfig
 from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.identity import IdentityCache
 from gateway.imap_proxy.session import ImapSession, SessionState
 from gateway.imap_proxy.upstream import UpstreamError, UpstreamSession, open_upstream
 from gateway.login import Failure, LoginResult
@@ -47,6 +48,7 @@ class Services:
     policy: object  # gateway.live_policy.LivePolicy: the office folder policy in force
     version: str = "0"
     sessions: set = field(default_factory=set)
+    identities: IdentityCache = field(default_factory=IdentityCache)  # message identities, all sessions
 
 
 class Connection:
@@ -73,6 +75,7 @@ class Connection:
         cfg = services.config.imap
         self.session = ImapSession(
             session_id=secrets.token_hex(8), client_ip=str(peer[0]), policy=services.policy,
+            identities=services.identities,
             tls_active=listener.tls == "implicit", starttls_available=listener.tls == "starttls",
             plaintext_login=cfg.plaintext_login, limits=cfg.limits, version=services.version)
 

@@ -21,7 +21,7 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
@@ -32,12 +32,13 @@ from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
 from gateway.imap_proxy.folder_access import FolderAccess
+from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
 from gateway.imap_proxy.preauth import PREAUTH_VERBS, SERVER_NAME, PreauthVerbs
 from gateway.imap_proxy.states import SessionState
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
 from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
-from gateway.imap_proxy.syntax import Atom, String, astring_octets
+from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError, astring_octets
 from gateway.login import Failure, LoginResult
 
 __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
@@ -79,11 +80,16 @@ class ImapSession(PreauthVerbs):
         clock: Callable[[], float] = time.monotonic,
         now: Callable = utc_now,
         version: str = "0",
+        identities: IdentityCache | None = None,
     ) -> None:
         self.session_id = session_id
         self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
         self._guard: FolderGuard | None = None  # set at login
         self._trail: AuditTrail | None = None  # set at login: what the person did, per message
+        self._identities = identities if identities is not None else IdentityCache()
+        self._unresolved: list[Happened] = []  # rows waiting for their message's identity
+        self._lookups: set[str] = set()  # the gateway's identity FETCHes in flight
+        self._lookup_count = 0
         self._held: _Held | None = None  # a RENAME waiting for the gateway's LIST of its subfolders
         self.client_ip = client_ip
         self.tls_active = tls_active
@@ -222,6 +228,8 @@ class ImapSession(PreauthVerbs):
         """
         if self.state is SessionState.AUTHENTICATING or self._held is not None:
             return True
+        if self._unresolved and not self._idling:
+            return True  # the identity lookup goes when nothing else is in flight
         if self._pacer is not None and self._pacer.blocked and not self._idling:
             return True  # a literal or an IDLE waits for the provider: later commands would pile up
         return len(self.inflight) >= self.limits.max_in_flight and not self._idling
@@ -345,8 +353,87 @@ class ImapSession(PreauthVerbs):
                                            for i in cmd.spec.mailbox_args))
 
     def _happened(self, records: list[Happened]) -> list:
-        return [self._audit(h.action, Decision.ALLOW, folder=h.folder, detail=h.detail, message=h.message)
-                for h in records]
+        """Audit rows for what happened; rows about a message whose identity is not known yet
+        wait for the gateway's lookup (:meth:`_lookup_identities`)."""
+        out = []
+        for h in records:
+            h = self._with_identity(h)
+            if h.message is not None and h.message.message_id is None and self._can_look_up(h):
+                self._unresolved.append(h)
+            else:
+                out.append(self._row(h))
+        return out
+
+    def _row(self, h: Happened) -> act.Audit:
+        return self._audit(h.action, Decision.ALLOW, folder=h.folder, detail=h.detail, message=h.message)
+
+    def _identity_key(self, folder: str | None, ref: MessageRef) -> tuple:
+        return (self.mailbox, folder, ref.uidvalidity, ref.uid)
+
+    def _with_identity(self, h: Happened) -> Happened:
+        ref = h.message
+        if ref is None or ref.message_id is not None:
+            return h
+        if ref.uid is None and h.seq is not None and self._trail is not None and self._trail.view is not None:
+            uid = self._trail.view.uid_of(h.seq)
+            ref = replace(ref, uid=uid) if uid is not None else ref
+        known = self._identities.get(self._identity_key(h.folder, ref)) if ref.uid is not None else None
+        return replace(h, message=known or ref)
+
+    def _can_look_up(self, h: Happened) -> bool:
+        """Only messages still in the selected folder can be asked about (not after a move)."""
+        trail = self._trail
+        return (h.action in ("fetch", "flags", "copy") and trail is not None and trail.view is not None
+                and h.folder == trail.folder and (h.message.uid is not None or h.seq is not None))
+
+    def _lookup_identities(self) -> list:
+        """Ask the provider for the identity of the messages rows wait for, once nothing else is
+        in flight (its ``* n FETCH`` replies are then the gateway's own)."""
+        if (not self._unresolved or self._lookups or self._held is not None or self._idling
+                or self.inflight.oldest_relayed() is not None or self.state is not SessionState.AUTHENTICATED):
+            return []
+        trail = self._trail
+        assert trail is not None
+        uids = sorted({h.message.uid for h in self._unresolved if h.message and h.message.uid is not None})
+        seqs = sorted({h.seq for h in self._unresolved if h.message and h.message.uid is None and h.seq})
+        if trail.view is None or not (uids or seqs):
+            return self._flush_unresolved()
+        lines = []
+        for uid_command, numbers in ((True, uids), (False, seqs)):
+            if numbers:
+                self._lookup_count += 1
+                tag = f"{GATEWAY_TAG_PREFIX}i{self._lookup_count}"
+                self._lookups.add(tag)
+                verb = "UID FETCH" if uid_command else "FETCH"
+                lines.append(f"{tag} {verb} {_number_set(numbers)} (UID {IDENTITY_ITEM})\r\n".encode())
+        return self._send_own(lines)
+
+    def _identity_reply(self, frame: Frame) -> bool:
+        """A ``* n FETCH`` answering the gateway's lookup: remember it; True when it was one."""
+        try:
+            reader = Reader(frame, start=1)
+            seq = reader.read()
+            reader.read()  # FETCH
+            items = reader.read()
+        except TokenError:
+            return False
+        block = fetch_identity_item(items) if isinstance(items, list) else None
+        if block is None:
+            return False
+        trail = self._trail
+        uid = next((int(v) for k, v in zip(items[::2], items[1::2])
+                    if str(k).upper() == "UID" and str(v).isdigit()), None)
+        if trail is not None and trail.view is not None and uid is not None and str(seq).isdigit():
+            trail.view.learn(int(seq), uid)
+            ref = identity_from_headers(block, trail.view.uidvalidity, uid)
+            self._identities.put(self._identity_key(trail.folder, ref), ref)
+        return True
+
+    def _flush_unresolved(self) -> list:
+        """Every waiting row, with whatever identity is known now: a row is never dropped."""
+        rows = [self._row(self._with_identity(h)) for h in self._unresolved]
+        self._unresolved = []
+        return rows
 
     def _send_own(self, lines: list[bytes]) -> list:
         """The gateway's own commands (``PECGW.`` tags), through the pacer like any other."""
@@ -423,6 +510,8 @@ class ImapSession(PreauthVerbs):
                 assert self._guard is not None
                 self._guard.collect(frame)  # nothing else is in flight: this is the gateway's LIST
                 return []
+            if self._lookups and head.name == "FETCH" and self._identity_reply(frame):
+                return []
             audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
@@ -443,6 +532,10 @@ class ImapSession(PreauthVerbs):
         if tag.startswith(GATEWAY_TAG_PREFIX):
             if self._held is not None and self._guard is not None and self._guard.collecting(tag):
                 return self._decide_held(frame)
+            if tag in self._lookups:
+                self._lookups.discard(tag)
+                if not self._lookups:
+                    return self._flush_unresolved() + self._pump_client()
             return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
@@ -458,6 +551,7 @@ class ImapSession(PreauthVerbs):
         out.append(act.SendToClient(data + released if released else data))
         if self._held is not None:
             out += self._list_for_held()
+        out += self._lookup_identities()
         if entry is not None and entry is self._idle_entry:
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
         if entry is not None and entry is self._logout_entry:
@@ -559,6 +653,7 @@ class ImapSession(PreauthVerbs):
         was_authenticated = self.state is SessionState.AUTHENTICATED
         self.state = SessionState.LOGOUT
         if was_authenticated:
+            out += self._flush_unresolved()
             out.append(self._audit(Action.LOGOUT, Decision.ALLOW, reason=reason, detail={
                 "duration_s": round(self._clock() - self._started, 3),
                 "bytes_in": self.bytes_from_client, "bytes_out": self.bytes_to_client}))
@@ -581,6 +676,20 @@ class _Held:
     frame: Frame  # what to relay if allowed
     list_line: bytes  # the gateway's LIST
     listing: bool = False  # the LIST has been sent (every earlier command was done)
+
+
+def _number_set(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input)."""
+    runs: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        runs.append(str(start) if start == prev else f"{start}:{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(runs)
 
 
 def _client_caps(upstream: list[str]) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from gateway.imap_proxy import actions as act
+from gateway.imap_proxy.identity import IDENTITY_ITEM
 from tests.unit.test_enforce_table import CAPS
-from tests.unit.transcript import audits, logged_in
+from tests.unit.transcript import answer_lookups, audits, logged_in, sent
+
+REPLY_ITEM = IDENTITY_ITEM.replace(".PEEK", "").encode()
 
 
 def rows(out) -> list[tuple]:
@@ -19,40 +23,88 @@ def selected_lavoro():
     return s
 
 
-def test_fetch_rows_per_message_tell_body_from_metadata():
+def identity(seq: int, uid: int, headers: bytes) -> bytes:
+    """The provider's answer to the gateway's identity lookup for one message."""
+    return b"* %d FETCH (UID %d %s {%d}\r\n%s)\r\n" % (seq, uid, REPLY_ITEM, len(headers), headers)
+
+
+BUSTA = (b"Message-ID: <opec21.20250512091540.1.2@pec.example.it>\r\nSubject: =?UTF-8?Q?POSTA_CERTIFICATA:_Fattura_n._42=E2=80=93?=\r\n"
+         b" 2025\r\nFrom: \"Per conto di: amministrazione@pec.fornitore.example.it\" <posta-certificata@pec.example.it>\r\n"
+         b"Date: Mon, 12 May 2025 09:15:40 +0200\r\nX-Trasporto: posta-certificata\r\n"
+         b"X-Riferimento-Message-ID: <abc@fornitore.example.it>\r\n\r\n")
+RICEVUTA = b"Message-ID: <r1@pec.example.it>\r\nSubject: CONSEGNA: x\r\nX-Ricevuta: avvenuta-consegna\r\n\r\n"
+
+
+def test_fetch_rows_per_message_tell_body_from_metadata_and_name_the_pec():
     s = selected_lavoro()
     s.client_data(b"f1 UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
     out = s.upstream_data(b'* 1 FETCH (UID 31 FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {4}\r\nab\r\n)\r\n'
                           b'* 2 FETCH (UID 35 FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {4}\r\ncd\r\n)\r\n'
                           b"f1 OK Fetch completed\r\n")
-    assert [(a, f, u, d["content"]) for a, f, u, d in rows(out)] == [
-        ("fetch", "Lavoro", 31, "headers"), ("fetch", "Lavoro", 35, "headers")]
-    assert all(e.message.uidvalidity == 1700 for e in audits(out))
-    s.client_data(b"f2 FETCH 2 BODY.PEEK[]\r\n")  # by sequence number: the UID comes from the view
+    assert rows(out) == []  # the rows wait for the messages' identity ...
+    assert sent(out, act.SendToUpstream) == b"PECGW.i1 UID FETCH 31,35 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    out = s.upstream_data(identity(1, 31, BUSTA) + identity(2, 35, RICEVUTA) + b"PECGW.i1 OK done\r\n")
+    assert sent(out) == b""  # ... which the client never sees
+    first, second = audits(out)
+    assert (first.action, first.folder, first.detail["content"]) == ("fetch", "Lavoro", "headers")
+    m = first.message
+    assert (m.uidvalidity, m.uid, m.message_id, m.pec_kind, m.pec_id, m.pec_ref) == (
+        1700, 31, "<opec21.20250512091540.1.2@pec.example.it>", "posta-certificata",
+        "<opec21.20250512091540.1.2@pec.example.it>", "<abc@fornitore.example.it>")
+    assert m.subject == "POSTA CERTIFICATA: Fattura n. 42– 2025"
+    assert m.sender.startswith('"Per conto di: amministrazione@pec.fornitore.example.it"')
+    assert m.date == "Mon, 12 May 2025 09:15:40 +0200"
+    assert (second.message.uid, second.message.pec_kind, second.message.pec_id) == (35, "avvenuta-consegna", None)
+    # a message already looked up is not asked about again; by sequence number, the view knows it
+    s.client_data(b"f2 FETCH 2 BODY.PEEK[]\r\n")
     out = s.upstream_data(b"* 2 FETCH (BODY[] {5}\r\nhello)\r\nf2 OK done\r\n")
-    assert rows(out) == [("fetch", "Lavoro", 35, {"content": "body", "items": ["BODY[]"]})]
+    assert sent(out, act.SendToUpstream) == b""
+    (event,) = audits(out)
+    assert (event.action, event.message.uid, event.message.message_id, event.detail) == (
+        "fetch", 35, "<r1@pec.example.it>", {"content": "body", "items": ["BODY[]"]})
+
+
+def test_rows_wait_but_are_never_lost():
+    s = selected_lavoro()
+    s.client_data(b"f1 FETCH 1 (FLAGS)\r\n")
+    out = s.upstream_data(b"* 1 FETCH (FLAGS ())\r\nf1 OK done\r\n")  # no UID: looked up by number
+    assert sent(out, act.SendToUpstream) == b"PECGW.i1 FETCH 1 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    assert s.reading_paused  # the next command waits for the lookup: nothing else may be in flight
+    out = s.upstream_data(b"* 1 EXPUNGE\r\nPECGW.i1 OK done\r\n")  # the message vanished meanwhile
+    (event,) = audits(out)
+    assert (event.action, event.message.uid, event.message.message_id) == ("fetch", None, None)
+    s.client_data(b"f2 FETCH 1 (FLAGS)\r\n")
+    out = s.upstream_data(b"* 1 FETCH (UID 40 FLAGS ())\r\nf2 OK done\r\n")
+    assert [e.action for e in audits(s.client_closed())] == ["fetch", "logout"]  # flushed at the end
+
+
+def learn_uids(s) -> None:
+    """The client maps numbers to UIDs 31, 35, 39 (and the gateway looks them up)."""
+    s.client_data(b"f0 FETCH 1:3 (UID FLAGS)\r\n")
+    out = s.upstream_data(b"* 1 FETCH (UID 31 FLAGS ())\r\n* 2 FETCH (UID 35 FLAGS ())\r\n"
+                          b"* 3 FETCH (UID 39 FLAGS ())\r\nf0 OK done\r\n")
+    assert [e.action for e in audits(answer_lookups(s, out))] == ["fetch"] * 3
 
 
 def test_flag_changes_with_and_without_silent():
     s = selected_lavoro()
-    s.client_data(b"f0 FETCH 1:3 (UID)\r\n")
-    s.upstream_data(b"* 1 FETCH (UID 31)\r\n* 2 FETCH (UID 35)\r\n* 3 FETCH (UID 39)\r\nf0 OK done\r\n")
+    learn_uids(s)
     s.client_data(b"t1 STORE 2 +FLAGS (\\Flagged)\r\n")
     out = s.upstream_data(b"* 2 FETCH (FLAGS (\\Flagged \\Seen))\r\nt1 OK Store completed\r\n")
+    out = answer_lookups(s, out)
     assert rows(out) == [("flags", "Lavoro", 35, {"change": "+FLAGS", "flags": "\\Flagged",
                                                   "now": ["\\Flagged", "\\Seen"]})]
     s.client_data(b"t2 UID STORE 35:* -FLAGS.SILENT (\\Seen)\r\n")
-    out = s.upstream_data(b"t2 OK Store completed\r\n")
+    out = answer_lookups(s, s.upstream_data(b"t2 OK Store completed\r\n"))
     assert rows(out) == [("flags", "Lavoro", 35, {"change": "-FLAGS", "flags": "\\Seen", "now": None}),
                          ("flags", "Lavoro", 39, {"change": "-FLAGS", "flags": "\\Seen", "now": None})]
 
 
 def test_copy_move_append_and_expunge_rows():
     s = selected_lavoro()
-    s.client_data(b"f0 FETCH 1:3 (UID)\r\n")
-    s.upstream_data(b"* 1 FETCH (UID 31)\r\n* 2 FETCH (UID 35)\r\n* 3 FETCH (UID 39)\r\nf0 OK done\r\n")
+    learn_uids(s)
     s.client_data(b"c1 UID COPY 31,35 Archivio\r\n")
-    out = s.upstream_data(b"c1 OK [COPYUID 88 31,35 7:8] Copy completed\r\n")
+    out = answer_lookups(s, s.upstream_data(b"c1 OK [COPYUID 88 31,35 7:8] Copy completed\r\n"))
     assert rows(out) == [("copy", "Lavoro", 31, {"to": "Archivio", "to_uidvalidity": 88, "to_uid": 7}),
                          ("copy", "Lavoro", 35, {"to": "Archivio", "to_uidvalidity": 88, "to_uid": 8})]
     s.client_data(b"m1 MOVE 1 Archivio\r\n")

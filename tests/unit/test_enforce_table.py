@@ -12,7 +12,7 @@ import pytest
 
 from gateway.imap_proxy import actions as act
 from tests.unit.policies import fixed_policy
-from tests.unit.transcript import UPSTREAM_CAPS, audits, logged_in, sent
+from tests.unit.transcript import UPSTREAM_CAPS, answer_lookups, audits, logged_in, sent
 
 RULES = [
     ("INBOX", "lrs"),  # reads and marks handled; nothing else
@@ -286,6 +286,7 @@ def test_fetch_rfc822_response_keeps_the_name_the_client_asked_for():
     s.client_data(b"f1 FETCH 1 (UID RFC822)\r\n")
     out = s.upstream_data(b'* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\nf1 OK done\r\n')
     assert sent(out) == b"* 1 FETCH (UID 7 RFC822 {5}\r\nhello)\r\nf1 OK done\r\n"
+    answer_lookups(s, out)  # the gateway asks who message 7 is, for the audit row
     # once that FETCH is done, BODY[] answers are relayed untouched again
     s.client_data(b"f2 FETCH 1 BODY.PEEK[]\r\n")
     out = s.upstream_data(b"* 1 FETCH (BODY[] {5}\r\nhello)\r\nf2 OK done\r\n")

@@ -58,3 +58,13 @@ def selected(folder: bytes = b"INBOX", **kw) -> ImapSession:
     s.client_data(b"s0 SELECT %s\r\n" % folder)
     s.upstream_data(b"* 0 EXISTS\r\ns0 OK [READ-WRITE] SELECT completed\r\n")
     return s
+
+
+def answer_lookups(session: ImapSession, out: list, replies: bytes = b"") -> list:
+    """Answer the gateway's identity lookups found in ``out`` (``replies``: their ``* FETCH``
+    data, none by default); return the actions that follows."""
+    tags = [line.split(b" ", 1)[0] for line in sent(out, act.SendToUpstream).split(b"\r\n")
+            if line.startswith(b"PECGW.i")]
+    if not tags:
+        return []
+    return session.upstream_data(replies + b"".join(b"%s OK Fetch completed\r\n" % t for t in tags))
