@@ -104,6 +104,9 @@ class PreauthVerbs:
         return self._start_login(tag, authcid, password, hint)
 
     def _start_login(self, tag: str, user: bytes, password: bytes, hint: bytes | None) -> list:
+        if not self.audit_accepting():  # a session that could not be audited is not opened
+            return [act.SendToClient(b"%s NO [UNAVAILABLE] The audit trail cannot be written now; "
+                                     b"try again later\r\n" % tag.encode())]
         try:
             login = user.decode("utf-8")
             credential = Secret(password.decode("utf-8"))

@@ -76,6 +76,7 @@ class Connection:
         self.session = ImapSession(
             session_id=secrets.token_hex(8), client_ip=str(peer[0]), policy=services.policy,
             identities=services.identities,
+            audit_accepting=lambda: getattr(services.audit, "accepting", True),
             tls_active=listener.tls == "implicit", starttls_available=listener.tls == "starttls",
             plaintext_login=cfg.plaintext_login, limits=cfg.limits, version=services.version)
 

@@ -46,6 +46,10 @@ __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
 #: Tags of the gateway's own commands toward the provider; never relayed to the client.
 GATEWAY_TAG_PREFIX = "PECGW."
 
+#: Commands whose effects are audited: refused while the audit store cannot take rows.
+AUDITED = frozenset({"SELECT", "EXAMINE", "FETCH", "STORE", "COPY", "MOVE", "EXPUNGE", "APPEND", "CREATE",
+                     "DELETE", "RENAME", "CLOSE"})
+
 #: Capabilities the gateway adds after login: it answers RFC 4314 ACL commands from the policy.
 GATEWAY_CAPABILITIES = ["ACL", "RIGHTS=texk"]
 
@@ -81,12 +85,14 @@ class ImapSession(PreauthVerbs):
         now: Callable = utc_now,
         version: str = "0",
         identities: IdentityCache | None = None,
+        audit_accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.session_id = session_id
         self._policy = policy  # holds .current: the office folder policy in force (LivePolicy)
         self._guard: FolderGuard | None = None  # set at login
         self._trail: AuditTrail | None = None  # set at login: what the person did, per message
         self._identities = identities if identities is not None else IdentityCache()
+        self.audit_accepting = audit_accepting  # False while the audit store cannot take rows
         self._unresolved: list[Happened] = []  # rows waiting for their message's identity
         self._lookups: set[str] = set()  # the gateway's identity FETCHes in flight
         self._lookup_count = 0
@@ -296,6 +302,10 @@ class ImapSession(PreauthVerbs):
                                % (cmd.tag.encode(), cmd.display_name.encode()))
         if cmd.tag.startswith(GATEWAY_TAG_PREFIX):
             return self._reply(cmd, b"%s BAD Tag prefix reserved by the gateway\r\n" % cmd.tag.encode())
+        if cmd.name in AUDITED and not self.audit_accepting():
+            # fail closed: what would go unaudited is not done (the store's outage is logged)
+            return self._reply(cmd, b"%s NO [UNAVAILABLE] The audit trail cannot be written now; "
+                                    b"try again later\r\n" % cmd.tag.encode())
         if self.inflight.find(cmd.tag) is not None:
             # RFC 3501 §2.2.1: tags are unique per command.  Two alike in flight would let one's
             # reply be taken for the other's — a literal dropped, a SELECT judged wrongly.

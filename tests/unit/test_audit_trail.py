@@ -140,3 +140,24 @@ def test_folder_rows_and_failures_give_none():
     assert rows(out) == [("folder_rename", "Contabilità", None, {"to": "Conti"})]
     s.client_data(b"s1 EXAMINE Manca\r\n")
     assert rows(s.upstream_data(b"s1 NO Mailbox doesn't exist\r\n")) == []
+
+
+def test_fail_closed_while_the_audit_store_cannot_take_rows():
+    s = selected_lavoro()
+    store_up = [False]
+    s.audit_accepting = lambda: store_up[0]
+    out = s.client_data(b"f1 FETCH 1 BODY.PEEK[]\r\nn1 NOOP\r\n")
+    assert sent(out, act.SendToUpstream) == b"n1 NOOP\r\n"  # what needs no row still works
+    assert sent(out).startswith(b"f1 NO [UNAVAILABLE] The audit trail cannot be written now")
+    store_up[0] = True
+    assert sent(s.client_data(b"f2 FETCH 1 BODY.PEEK[]\r\n"), act.SendToUpstream) == b"f2 FETCH 1 BODY.PEEK[]\r\n"
+
+
+def test_no_login_while_the_audit_store_cannot_take_rows():
+    from tests.unit.transcript import new_session
+
+    s = new_session()
+    s.audit_accepting = lambda: False
+    out = s.client_data(b"a1 LOGIN alice pw123456\r\n")
+    assert sent(out).startswith(b"a1 NO [UNAVAILABLE] The audit trail cannot be written now")
+    assert not [a for a in out if isinstance(a, act.Login)]
