@@ -1,0 +1,141 @@
+"""The audit trail end to end: real slapd, real Dovecot, imaplib and mbsync through the gateway.
+
+Every action produces exactly one row per message, with the person, the folder and the
+message's identity as Dovecot itself reports it (compared row by row, not counted).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from gateway.secret import Secret
+from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
+from tests.test_third_party_clients import mbsync_config, run_mbsync
+
+MBSYNC = shutil.which("mbsync")
+IDENTITY = "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT X-TRASPORTO X-RICEVUTA X-RIFERIMENTO-MESSAGE-ID)])"
+
+
+@pytest.fixture
+def gw(tmp_path, pki, slapd, dovecot, pec_mailbox):
+    h = GatewayHarness(tmp_path / "gw", pki)
+    h.vault.set("ldap/bind", Secret(slapd.service_password))
+    h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
+    h.enroll("alice")
+    h.start(h.base_tables(
+        directory=ldap_directory(slapd),
+        policy=office_policy({"legale": {"groups": ["legale"]}}, {"protocollo": ["legale"]}, rights=FULL_RIGHTS),
+        mailboxes={"protocollo": {"address": pec_mailbox.address,
+                                  "imap": upstream_table(dovecot, pki, pec_mailbox.address)}}))
+    h.mailbox = pec_mailbox
+    yield h
+    h.stop()
+
+
+def direct_identities(gw, dovecot, folder: str) -> tuple[int, dict[int, dict]]:
+    """UIDVALIDITY and, per UID, the identity headers, read directly from Dovecot."""
+    d = dovecot.connect(gw.mailbox.address, gw.mailbox.password)
+    try:
+        d.select(f'"{folder}"', readonly=True)
+        validity = int(d.response("UIDVALIDITY")[1][0])
+        _, data = d.uid("FETCH", "1:*", IDENTITY)
+        out = {}
+        for item in data:
+            if not isinstance(item, tuple):
+                continue
+            uid = int(re.search(rb"UID (\d+)", item[0]).group(1))
+            headers = {}
+            for line in item[1].decode().replace("\r\n ", " ").split("\r\n"):
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().upper()] = value.strip()
+            out[uid] = headers
+        return validity, out
+    finally:
+        d.logout()
+
+
+def rows(gw, *, since: int = 0, wait_for: int = 0) -> list[dict]:
+    return gw.audit_events(wait_for=since + wait_for)[since:]
+
+
+def test_every_action_is_one_row_with_person_folder_and_message_identity(gw, dovecot):
+    validity, inbox = direct_identities(gw, dovecot, "INBOX")
+    first_uid = min(inbox)
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    start = len(gw.audit_events(wait_for=1))
+    try:
+        c.select("INBOX")
+        typ, _ = c.uid("FETCH", str(first_uid), "(BODY.PEEK[])")
+        assert typ == "OK"
+        assert c.uid("STORE", str(first_uid), "+FLAGS", "(\\Flagged)")[0] == "OK"
+        assert c.uid("COPY", str(first_uid), '"Ufficio Legale"')[0] == "OK"
+        assert c.create('"Ufficio Legale/Nuova"')[0] == "OK"
+        assert c.rename('"Ufficio Legale/Nuova"', '"Ufficio Legale/Rinominata"')[0] == "OK"
+        assert c.delete('"Ufficio Legale/Rinominata"')[0] == "OK"
+    finally:
+        c.logout()
+    got = rows(gw, since=start, wait_for=8)
+    actions = [(r["action"], r["person"], r["folder"]) for r in got]
+    assert actions == [
+        ("select", "alice", "INBOX"), ("fetch", "alice", "INBOX"), ("flags", "alice", "INBOX"),
+        ("copy", "alice", "INBOX"), ("folder_create", "alice", "Ufficio Legale/Nuova"),
+        ("folder_rename", "alice", "Ufficio Legale/Nuova"), ("folder_delete", "alice", "Ufficio Legale/Rinominata"),
+        ("logout", "alice", None)]
+    select, fetch, flags, copy = got[:4]
+    assert select["detail"]["uidvalidity"] == validity and select["detail"]["messages"] == len(inbox)
+    expected = inbox[first_uid]
+    for row in (fetch, flags, copy):
+        m = row["message"]
+        assert (m["uidvalidity"], m["uid"]) == (validity, first_uid)
+        assert m["message_id"] == expected["MESSAGE-ID"] and m["pec_kind"] == expected["X-TRASPORTO"]
+        assert m["pec_ref"] == expected.get("X-RIFERIMENTO-MESSAGE-ID")
+        assert m["pec_id"] == expected["MESSAGE-ID"]  # a busta: its Message-ID is the identificativo
+    assert fetch["detail"]["content"] == "body"
+    assert "\\Flagged" in flags["detail"]["now"] and flags["detail"]["change"] == "+FLAGS"
+    assert copy["detail"]["to"] == "Ufficio Legale" and isinstance(copy["detail"]["to_uid"], int)
+    assert got[5]["detail"] == {"to": "Ufficio Legale/Rinominata"}
+
+
+def test_expunge_and_move_rows_name_the_messages(gw, dovecot):
+    validity, legale = direct_identities(gw, dovecot, "Ufficio Legale")
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    start = len(gw.audit_events(wait_for=1))
+    uid = min(legale)
+    try:
+        c.select('"Ufficio Legale"')
+        c.uid("FETCH", "1:*", "(UID FLAGS)")  # the client learns the UIDs; the gateway the identities
+        assert c.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        assert c.expunge()[0] == "OK"
+    finally:
+        c.logout()
+    got = rows(gw, since=start, wait_for=3 + len(legale))
+    expunged = [r for r in got if r["action"] == "expunge"]
+    assert [(r["person"], r["folder"], r["message"]["uid"], r["message"]["uidvalidity"]) for r in expunged] == [
+        ("alice", "Ufficio Legale", uid, validity)]
+    assert expunged[0]["message"]["message_id"] == legale[uid]["MESSAGE-ID"]
+    silent = [r for r in got if r["action"] == "flags"]
+    assert [(r["message"]["uid"], r["detail"]["flags"]) for r in silent] == [(uid, "\\Deleted")]
+
+
+@pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")
+def test_mbsync_pull_writes_one_body_fetch_row_per_message(gw, dovecot, pki, tmp_path):
+    start = len(gw.audit_events())
+    cfg = mbsync_config(tmp_path / "alice.rc", port=gw.ports["implicit"], user="alice",
+                        password=gw.credential("alice", "alice-password"), ca=pki.ca_cert, local=tmp_path / "alice")
+    run_mbsync(cfg, "--pull")
+    got = rows(gw, since=start)
+    bodies = [r for r in got if r["action"] == "fetch" and r["detail"]["content"] == "body"]
+    per_folder: dict[str, set] = {}
+    for r in bodies:
+        assert r["person"] == "alice" and r["message"]["message_id"]
+        per_folder.setdefault(r["folder"], set()).add(r["message"]["uid"])
+    for folder, messages in gw.mailbox.folders.items():
+        _, direct = direct_identities(gw, dovecot, folder.replace("Contabilità", "Contabilit&AOA-"))
+        assert per_folder.get(folder, set()) == set(direct), folder
+    assert len(bodies) == sum(len(m) for m in gw.mailbox.folders.values())  # one row per message
