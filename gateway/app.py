@@ -2,7 +2,7 @@
 
 Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
 service password from the vault) → OTP and trust windows → authenticator → policy → login
-service → audit sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
+service → audit chain key, store and sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
 sink, so a clean stop loses no event.
 """
 
@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from importlib import metadata
 
-from gateway.audit.jsonl import JsonLinesSink
+from gateway.audit.setup import build_sink, ensure_chain_key, open_store
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.otp import OtpVerifier
 from gateway.auth.trust import TrustWindow
@@ -92,7 +92,9 @@ class Gateway:
         self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s)
         self.policy = open_policy(config)
         self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
-        self.audit = JsonLinesSink(config.audit.jsonl_path)
+        # The audit store: opened now, so a gateway that cannot record refuses to start.
+        self.audit_store = open_store(config, self.vault, ensure_chain_key(config, self.vault))
+        self.audit = build_sink(config, self.audit_store)  # .emit(), .accepting, .depth
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version())
         self.imap = ImapFront(self.services)
@@ -105,6 +107,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.imap.stop()
         await self.audit.close()
+        self.audit_store.close()
         self._stopped.set()
 
     def reload(self) -> str | None:

@@ -117,7 +117,17 @@ class VaultConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    jsonl_path: Path
+    """Where the audit trail goes: an HMAC-chained store, optionally a JSON-lines copy too."""
+
+    sqlite_path: Path  # store = "sqlite"; default audit.sqlite in the folder of [vault] path
+    spool_path: Path  # on_store_failure = "spool"; default audit-spool.jsonl beside the vault
+    store: str = "sqlite"  # "sqlite" | "postgresql"
+    postgresql_dsn: str | None = None  # libpq conninfo or URI, without a password
+    postgresql_password_vault_key: str | None = None  # vault entry with the server's password
+    postgresql_schema: str = "public"
+    on_store_failure: str = "fail-closed"  # "fail-closed" | "spool"
+    chain_key_vault_key: str = "audit/chain-key"
+    jsonl_path: Path | None = None  # an extra copy as JSON lines, e.g. for log shipping
 
 
 @dataclass(frozen=True)
@@ -306,6 +316,57 @@ def _auth(t: _Table) -> AuthConfig:
     return cfg
 
 
+def _dsn_without_password(t: _Table, dsn: str) -> str:
+    """``dsn`` checked to be a conninfo (or URI) that carries no password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        # the parser's message may quote the string, and with it a password: do not repeat it
+        raise t.error("postgresql_dsn", "is not a valid libpq connection string or URI") from None
+    if params.get("password"):
+        raise t.error("postgresql_dsn", "must not contain a password: store it in the vault and name "
+                                        "the entry with postgresql_password_vault_key")
+    return dsn
+
+
+def _audit(t: _Table, vault: VaultConfig) -> AuditConfig:
+    # Like the pid file, the embedded store and the spool live in the vault's folder: the state
+    # folder the gateway must be able to write anyway.
+    store = t.str("store", "sqlite", choices=("sqlite", "postgresql"))
+    dsn = t.str("postgresql_dsn")
+    if store == "postgresql" and not dsn:
+        raise t.error("postgresql_dsn", 'required when store = "postgresql"')
+    if dsn:
+        dsn = _dsn_without_password(t, dsn)
+    schema = t.str("postgresql_schema", "public")
+    if not schema:
+        raise t.error("postgresql_schema", "must not be empty")
+    for name in ("sqlite_path", "spool_path", "jsonl_path", "chain_key_vault_key",
+                 "postgresql_password_vault_key"):
+        if t.data.get(name) == "":
+            raise t.error(name, "must not be empty (omit it for the default)")
+    cfg = AuditConfig(
+        store=store,
+        sqlite_path=t.path("sqlite_path", vault.path.parent / "audit.sqlite"),
+        postgresql_dsn=dsn,
+        postgresql_password_vault_key=t.str("postgresql_password_vault_key"),
+        postgresql_schema=schema,
+        on_store_failure=t.str("on_store_failure", "fail-closed", choices=("fail-closed", "spool")),
+        spool_path=t.path("spool_path", vault.path.parent / "audit-spool.jsonl"),
+        chain_key_vault_key=t.str("chain_key_vault_key", "audit/chain-key"),
+        jsonl_path=t.path("jsonl_path"),
+    )
+    if store == "sqlite" and cfg.sqlite_path in (cfg.spool_path, cfg.jsonl_path):
+        raise t.error("sqlite_path", "must differ from spool_path and jsonl_path")
+    if cfg.spool_path == cfg.jsonl_path:
+        raise t.error("spool_path", "must differ from jsonl_path")
+    t.done()
+    return cfg
+
+
 def parse_config(data: dict, source: Path) -> GatewayConfig:
     """Build a :class:`GatewayConfig` from parsed TOML; raises :class:`ConfigError`."""
     root = _Table(data, source, "")
@@ -318,9 +379,7 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     vault = VaultConfig(path=vt.path("path", _REQUIRED), key_file=vt.path("key_file"),
                         key_env=vt.str("key_env", "PECGW_VAULT_KEY"))
     vt.done()
-    at = root.table("audit", required=True)
-    audit = AuditConfig(jsonl_path=at.path("jsonl_path", _REQUIRED))
-    at.done()
+    audit = _audit(root.table("audit") or _Table({}, source, "audit"), vault)
     pt = root.table("policy", required=True)
     policy_file = pt.path("file", _REQUIRED)
     pt.done()

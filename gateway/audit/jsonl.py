@@ -36,6 +36,7 @@ class JsonLinesSink:
         self._queue: asyncio.Queue[AuditEvent | None] = asyncio.Queue()
         self._batch = batch
         self._task: asyncio.Task | None = None
+        self._accepting = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
@@ -49,6 +50,11 @@ class JsonLinesSink:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def accepting(self) -> bool:
+        """False while writes to the file fail (the events wait in memory; fail closed)."""
+        return self._accepting
 
     async def _writer(self) -> None:
         while True:
@@ -72,10 +78,12 @@ class JsonLinesSink:
                 while view:
                     view = view[await asyncio.to_thread(self._write_some, view):]
                 await asyncio.to_thread(os.fsync, self._fd)
+                self._accepting = True
                 if last_report:
                     log.error("audit file %s writable again; %d events were waiting", self.path, self.depth)
                 return
             except OSError as exc:
+                self._accepting = False
                 now = loop.time()
                 if now - last_report >= 60:
                     log.error("cannot write the audit file %s (%s); %d events waiting, retrying",

@@ -51,6 +51,7 @@ class PostgresStore:
         self.schema = schema
         self._key = key
         self._lock = threading.Lock()
+        self._conninfo = conninfo
         self._db = psycopg.connect(conninfo, autocommit=True)
         t = sql.Identifier(schema, "audit")
         cols = sql.SQL(", ").join(map(sql.Identifier, _ALL))
@@ -94,9 +95,18 @@ class PostgresStore:
                     copy.write_row((seq, *(row[c] for c in COLUMNS), prev, h))
         return rows[-1][0] if rows else last_seq
 
+    def _reconnect(self) -> None:
+        """A connection the server dropped (restart, failover) is replaced on the next append,
+        so a writer retrying after an outage gets through once the server is back."""
+        if self._db.closed or self._db.broken:
+            self._db.close()
+            self._db = psycopg.connect(self._conninfo, autocommit=True)
+
     def append(self, events: list[AuditEvent]) -> int:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            return self._insert(cur, events)
+        with self._lock:
+            self._reconnect()
+            with self._db.transaction(), self._db.cursor() as cur:
+                return self._insert(cur, events)
 
     @staticmethod
     def _row(r: tuple) -> tuple[int, bytes, bytes, dict[str, Any]]:

@@ -22,7 +22,7 @@ __all__ = ["AuditStore", "FILTERS", "INDEXES", "chained", "decode", "q", "when_t
 #: ``query`` keyword filters.  ``since`` is inclusive, ``until`` exclusive; ``office`` matches
 #: rows whose ``offices`` list contains it.
 FILTERS = ("person", "office", "mailbox", "folder", "action", "since", "until", "message_id",
-           "pec_id", "limit")
+           "pec_id", "pec_ref", "limit")
 
 #: Index name -> columns; the same in every store.
 INDEXES = {
@@ -30,6 +30,7 @@ INDEXES = {
     "audit_mailbox_folder_when": ("mailbox", "folder", "when"),
     "audit_message_id": ("message_id",),
     "audit_pec_id": ("pec_id",),
+    "audit_pec_ref": ("pec_ref",),
     "audit_action_when": ("action", "when"),
     "audit_when": ("when",),
 }
@@ -80,7 +81,7 @@ def where(filters: dict[str, Any], *, ph: str, office: str,
     if unknown:
         raise TypeError(f"unknown audit query filter(s): {', '.join(sorted(unknown))}")
     clauses, params = [], []
-    for name in ("person", "mailbox", "folder", "action", "message_id", "pec_id"):
+    for name in ("person", "mailbox", "folder", "action", "message_id", "pec_id", "pec_ref"):
         if filters.get(name) is not None:
             clauses.append(f"{q(name)} = {ph}")
             params.append(filters[name])
