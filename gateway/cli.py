@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validates like 'policy check'; only a valid policy is signalled to the gateway "
                     "whose pid is in pid_file.")).set_defaults(func=cmd_reload)
 
+    from gateway.audit_cli import add_parsers as add_audit_parsers
+
+    add_audit_parsers(sub, with_config)
+
     demo = sub.add_parser("demo", help="run the gateway in front of an embedded sandbox PEC provider")
     demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its files")
     demo.add_argument("--imap-port", type=int, default=9993, help="implicit-TLS IMAP port (default 9993)")
