@@ -1,17 +1,22 @@
 """The audit trail end to end: real slapd, real Dovecot, imaplib and mbsync through the gateway.
 
 Every action produces exactly one row per message, with the person, the folder and the
-message's identity as Dovecot itself reports it (compared row by row, not counted).
+message's identity as Dovecot itself reports it (compared row by row, not counted).  Each test
+runs once with the SQLite store and once with the real PostgreSQL; the rows are read from the
+gateway's JSON-lines copy and checked to be, one for one, in the store, whose chain verifies.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
+import time
 
 import pytest
 
 from gateway.secret import Secret
+from tests.audit.conftest import Backend
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
 from tests.test_third_party_clients import mbsync_config, run_mbsync
 
@@ -19,20 +24,42 @@ MBSYNC = shutil.which("mbsync")
 IDENTITY = "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT X-TRASPORTO X-RICEVUTA X-RIFERIMENTO-MESSAGE-ID)])"
 
 
-@pytest.fixture
-def gw(tmp_path, pki, slapd, dovecot, pec_mailbox):
+@pytest.fixture(params=["sqlite", "postgres"])
+def gw(request, tmp_path, pki, slapd, dovecot, pec_mailbox):
+    backend = Backend(request.param, tmp_path)
     h = GatewayHarness(tmp_path / "gw", pki)
     h.vault.set("ldap/bind", Secret(slapd.service_password))
     h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
     h.enroll("alice")
-    h.start(h.base_tables(
+    tables = h.base_tables(
         directory=ldap_directory(slapd),
         policy=office_policy({"legale": {"groups": ["legale"]}}, {"protocollo": ["legale"]}, rights=FULL_RIGHTS),
         mailboxes={"protocollo": {"address": pec_mailbox.address,
-                                  "imap": upstream_table(dovecot, pki, pec_mailbox.address)}}))
-    h.mailbox = pec_mailbox
+                                  "imap": upstream_table(dovecot, pki, pec_mailbox.address)}})
+    if backend.name == "sqlite":
+        tables["audit"].update(store="sqlite", sqlite_path=str(backend.path))
+    else:
+        tables["audit"].update(store="postgresql", postgresql_dsn=backend.conninfo,
+                               postgresql_schema=backend.schema)
+    h.start(tables)
+    h.mailbox, h.backend = pec_mailbox, backend
     yield h
     h.stop()
+    store_matches_jsonl(h)
+    backend.cleanup()
+
+
+def store_matches_jsonl(h) -> None:
+    """After the gateway stopped (its queue drained): the store holds exactly the JSON-lines
+    rows, in order, and its chain verifies with the key from the vault."""
+    key_text = h.vault.get("audit/chain-key").reveal_bytes()
+    store = h.backend.open(base64.urlsafe_b64decode(key_text + b"=" * (-len(key_text) % 4)))
+    report = store.verify()
+    assert report.ok, report
+    stored = [(r["action"], r["person"], r["folder"], r["msg_uid"], r["message_id"]) for r in store.query()]
+    copied = [(r["action"], r["person"], r.get("folder"), (r.get("message") or {}).get("uid"),
+               (r.get("message") or {}).get("message_id")) for r in h.audit_events()]
+    assert stored == copied
 
 
 def direct_identities(gw, dovecot, folder: str) -> tuple[int, dict[int, dict]]:
@@ -139,3 +166,35 @@ def test_mbsync_pull_writes_one_body_fetch_row_per_message(gw, dovecot, pki, tmp
         _, direct = direct_identities(gw, dovecot, folder.replace("Contabilità", "Contabilit&AOA-"))
         assert per_folder.get(folder, set()) == set(direct), folder
     assert len(bodies) == sum(len(m) for m in gw.mailbox.folders.values())  # one row per message
+
+
+def test_fail_closed_when_the_store_goes_away_mid_session(gw, dovecot):
+    """No client action goes unaudited: while the store cannot take rows, audited commands are
+    refused; once it is back, everything that was done is in it."""
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    try:
+        assert c.select("INBOX")[0] == "OK"
+        table = "audit" if gw.backend.name == "sqlite" else f'"{gw.backend.schema}".audit'
+        gw.backend.sql(f"ALTER TABLE {table} RENAME TO audit_away")  # the store breaks
+        typ, _ = c.fetch("1", "(FLAGS)")  # its rows cannot be written: the writer finds out
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            typ, data = c.fetch("1", "(BODY.PEEK[])")
+            if typ == "NO":
+                break
+            time.sleep(0.2)
+        assert typ == "NO" and b"[UNAVAILABLE]" in data[0], data
+        assert c.noop()[0] == "OK"  # what writes no row still works
+        away = "audit_away" if gw.backend.name == "sqlite" else f'"{gw.backend.schema}".audit_away'
+        gw.backend.sql(f"ALTER TABLE {away} RENAME TO audit")  # the store is back
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            typ, _ = c.fetch("1", "(FLAGS)")
+            if typ == "OK":
+                break
+            time.sleep(0.3)
+        assert typ == "OK"
+    finally:
+        c.logout()
+    # the fixture's teardown checks that every row written to JSON lines is also in the store
