@@ -128,26 +128,29 @@ def test_every_action_is_one_row_with_person_folder_and_message_identity(gw, dov
     assert got[5]["detail"] == {"to": "Ufficio Legale/Rinominata"}
 
 
-def test_expunge_and_move_rows_name_the_messages(gw, dovecot):
-    validity, legale = direct_identities(gw, dovecot, "Ufficio Legale")
+def test_expunge_and_move_rows_name_messages_nobody_fetched(gw, dovecot):
+    """After SELECT the gateway learns every message's UID and identity, so a message that
+    leaves the folder unread is still named in its row."""
+    validity, inbox = direct_identities(gw, dovecot, "INBOX")
     c = gw.imap()
     c.login("alice", gw.credential("alice", "alice-password"))
     start = len(gw.audit_events(wait_for=1))
-    uid = min(legale)
+    first, second = sorted(inbox)[:2]
     try:
-        c.select('"Ufficio Legale"')
-        c.uid("FETCH", "1:*", "(UID FLAGS)")  # the client learns the UIDs; the gateway the identities
-        assert c.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        c.select("INBOX")
+        assert c.uid("STORE", str(first), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
         assert c.expunge()[0] == "OK"
+        assert c.uid("MOVE", str(second), '"Ufficio Legale"')[0] == "OK"
     finally:
         c.logout()
-    got = rows(gw, since=start, wait_for=3 + len(legale))
-    expunged = [r for r in got if r["action"] == "expunge"]
-    assert [(r["person"], r["folder"], r["message"]["uid"], r["message"]["uidvalidity"]) for r in expunged] == [
-        ("alice", "Ufficio Legale", uid, validity)]
-    assert expunged[0]["message"]["message_id"] == legale[uid]["MESSAGE-ID"]
-    silent = [r for r in got if r["action"] == "flags"]
-    assert [(r["message"]["uid"], r["detail"]["flags"]) for r in silent] == [(uid, "\\Deleted")]
+    got = rows(gw, since=start, wait_for=5)
+    assert [r["action"] for r in got] == ["select", "flags", "expunge", "move", "logout"]
+    for row, uid in ((got[1], first), (got[2], first), (got[3], second)):
+        m = row["message"]
+        assert (row["person"], row["folder"], m["uidvalidity"], m["uid"]) == ("alice", "INBOX", validity, uid)
+        assert m["message_id"] == inbox[uid]["MESSAGE-ID"] and m["pec_kind"] == inbox[uid]["X-TRASPORTO"]
+    assert got[1]["detail"]["flags"] == "\\Deleted" and got[2]["detail"] == {"by": "EXPUNGE"}
+    assert got[3]["detail"]["to"] == "Ufficio Legale" and isinstance(got[3]["detail"]["to_uid"], int)
 
 
 @pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")

@@ -61,6 +61,10 @@ class MailboxView:
             self.exists(seq)
         self._uids[seq - 1] = uid
 
+    def assign(self, uids: list[int]) -> None:
+        """The whole mapping at once, in sequence order (from ``UID SEARCH ALL``)."""
+        self._uids = list(uids)
+
     def uid_of(self, seq: int) -> int | None:
         return self._uids[seq - 1] if 0 < seq <= len(self._uids) else None
 

@@ -21,7 +21,7 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
@@ -32,13 +32,14 @@ from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
 from gateway.imap_proxy.folder_access import FolderAccess
-from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
+from gateway.imap_proxy.identity import IdentityCache
+from gateway.imap_proxy.identity_lookups import IdentityLookups
 from gateway.imap_proxy.preauth import PREAUTH_VERBS, SERVER_NAME, PreauthVerbs
 from gateway.imap_proxy.states import SessionState
 from gateway.imap_proxy.framing import NEED_DATA, EndOfStream, Frame, Framer, LiteralAnnounced, LiteralRefused
 from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
-from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError, astring_octets
+from gateway.imap_proxy.syntax import Atom, String, astring_octets
 from gateway.login import Failure, LoginResult
 
 __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
@@ -92,10 +93,8 @@ class ImapSession(PreauthVerbs):
         self._guard: FolderGuard | None = None  # set at login
         self._trail: AuditTrail | None = None  # set at login: what the person did, per message
         self._identities = identities if identities is not None else IdentityCache()
+        self._ids: IdentityLookups | None = None  # set at login: rows waiting for message identity
         self.audit_accepting = audit_accepting  # False while the audit store cannot take rows
-        self._unresolved: list[Happened] = []  # rows waiting for their message's identity
-        self._lookups: set[str] = set()  # the gateway's identity FETCHes in flight
-        self._lookup_count = 0
         self._held: _Held | None = None  # a RENAME waiting for the gateway's LIST of its subfolders
         self.client_ip = client_ip
         self.tls_active = tls_active
@@ -181,6 +180,7 @@ class ImapSession(PreauthVerbs):
             access = FolderAccess(self._policy, result.person or "", result.groups, result.mailbox or "")
             self._guard = FolderGuard(access, unselect="UNSELECT" in upper)
             self._trail = AuditTrail(access.human)
+            self._ids = IdentityLookups(self._identities, result.mailbox, self._trail, GATEWAY_TAG_PREFIX)
             self.offices = access.offices
             self._pacer = UpstreamPacer()
             self.client_framer.max_literal = self.limits.max_literal
@@ -234,8 +234,8 @@ class ImapSession(PreauthVerbs):
         """
         if self.state is SessionState.AUTHENTICATING or self._held is not None:
             return True
-        if self._unresolved and not self._idling:
-            return True  # the identity lookup goes when nothing else is in flight
+        if self._ids is not None and self._ids.waiting and not self._idling:
+            return True  # the identity lookups go when nothing else is in flight
         if self._pacer is not None and self._pacer.blocked and not self._idling:
             return True  # a literal or an IDLE waits for the provider: later commands would pile up
         return len(self.inflight) >= self.limits.max_in_flight and not self._idling
@@ -364,86 +364,20 @@ class ImapSession(PreauthVerbs):
 
     def _happened(self, records: list[Happened]) -> list:
         """Audit rows for what happened; rows about a message whose identity is not known yet
-        wait for the gateway's lookup (:meth:`_lookup_identities`)."""
-        out = []
-        for h in records:
-            h = self._with_identity(h)
-            if h.message is not None and h.message.message_id is None and self._can_look_up(h):
-                self._unresolved.append(h)
-            else:
-                out.append(self._row(h))
-        return out
+        wait for the gateway's lookups (:mod:`gateway.imap_proxy.identity_lookups`)."""
+        ready = self._ids.settle(records) if self._ids is not None else records
+        return [self._row(h) for h in ready]
 
     def _row(self, h: Happened) -> act.Audit:
         return self._audit(h.action, Decision.ALLOW, folder=h.folder, detail=h.detail, message=h.message)
 
-    def _identity_key(self, folder: str | None, ref: MessageRef) -> tuple:
-        return (self.mailbox, folder, ref.uidvalidity, ref.uid)
-
-    def _with_identity(self, h: Happened) -> Happened:
-        ref = h.message
-        if ref is None or ref.message_id is not None:
-            return h
-        if ref.uid is None and h.seq is not None and self._trail is not None and self._trail.view is not None:
-            uid = self._trail.view.uid_of(h.seq)
-            ref = replace(ref, uid=uid) if uid is not None else ref
-        known = self._identities.get(self._identity_key(h.folder, ref)) if ref.uid is not None else None
-        return replace(h, message=known or ref)
-
-    def _can_look_up(self, h: Happened) -> bool:
-        """Only messages still in the selected folder can be asked about (not after a move)."""
-        trail = self._trail
-        return (h.action in ("fetch", "flags", "copy") and trail is not None and trail.view is not None
-                and h.folder == trail.folder and (h.message.uid is not None or h.seq is not None))
-
-    def _lookup_identities(self) -> list:
-        """Ask the provider for the identity of the messages rows wait for, once nothing else is
-        in flight (its ``* n FETCH`` replies are then the gateway's own)."""
-        if (not self._unresolved or self._lookups or self._held is not None or self._idling
+    def _identity_commands(self) -> list:
+        """At a quiet moment (nothing of the client's in flight): the gateway's identity commands."""
+        if (self._ids is None or self._held is not None or self._idling
                 or self.inflight.oldest_relayed() is not None or self.state is not SessionState.AUTHENTICATED):
             return []
-        trail = self._trail
-        assert trail is not None
-        uids = sorted({h.message.uid for h in self._unresolved if h.message and h.message.uid is not None})
-        seqs = sorted({h.seq for h in self._unresolved if h.message and h.message.uid is None and h.seq})
-        if trail.view is None or not (uids or seqs):
-            return self._flush_unresolved()
-        lines = []
-        for uid_command, numbers in ((True, uids), (False, seqs)):
-            if numbers:
-                self._lookup_count += 1
-                tag = f"{GATEWAY_TAG_PREFIX}i{self._lookup_count}"
-                self._lookups.add(tag)
-                verb = "UID FETCH" if uid_command else "FETCH"
-                lines.append(f"{tag} {verb} {_number_set(numbers)} (UID {IDENTITY_ITEM})\r\n".encode())
-        return self._send_own(lines)
-
-    def _identity_reply(self, frame: Frame) -> bool:
-        """A ``* n FETCH`` answering the gateway's lookup: remember it; True when it was one."""
-        try:
-            reader = Reader(frame, start=1)
-            seq = reader.read()
-            reader.read()  # FETCH
-            items = reader.read()
-        except TokenError:
-            return False
-        block = fetch_identity_item(items) if isinstance(items, list) else None
-        if block is None:
-            return False
-        trail = self._trail
-        uid = next((int(v) for k, v in zip(items[::2], items[1::2])
-                    if str(k).upper() == "UID" and str(v).isdigit()), None)
-        if trail is not None and trail.view is not None and uid is not None and str(seq).isdigit():
-            trail.view.learn(int(seq), uid)
-            ref = identity_from_headers(block, trail.view.uidvalidity, uid)
-            self._identities.put(self._identity_key(trail.folder, ref), ref)
-        return True
-
-    def _flush_unresolved(self) -> list:
-        """Every waiting row, with whatever identity is known now: a row is never dropped."""
-        rows = [self._row(self._with_identity(h)) for h in self._unresolved]
-        self._unresolved = []
-        return rows
+        lines, rows = self._ids.commands()
+        return [self._row(h) for h in rows] + self._send_own(lines)
 
     def _send_own(self, lines: list[bytes]) -> list:
         """The gateway's own commands (``PECGW.`` tags), through the pacer like any other."""
@@ -520,8 +454,8 @@ class ImapSession(PreauthVerbs):
                 assert self._guard is not None
                 self._guard.collect(frame)  # nothing else is in flight: this is the gateway's LIST
                 return []
-            if self._lookups and head.name == "FETCH" and self._identity_reply(frame):
-                return []
+            if self._ids is not None and self._ids.untagged(head, frame):
+                return []  # a reply to the gateway's own identity command
             audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
@@ -542,10 +476,10 @@ class ImapSession(PreauthVerbs):
         if tag.startswith(GATEWAY_TAG_PREFIX):
             if self._held is not None and self._guard is not None and self._guard.collecting(tag):
                 return self._decide_held(frame)
-            if tag in self._lookups:
-                self._lookups.discard(tag)
-                if not self._lookups:
-                    return self._flush_unresolved() + self._pump_client()
+            if self._ids is not None and tag in self._ids.outstanding:
+                lines, rows = self._ids.tagged(tag, frame)
+                out = [self._row(h) for h in rows] + self._send_own(lines)
+                return out + (self._pump_client() if not self._ids.waiting else [])
             return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
@@ -561,7 +495,7 @@ class ImapSession(PreauthVerbs):
         out.append(act.SendToClient(data + released if released else data))
         if self._held is not None:
             out += self._list_for_held()
-        out += self._lookup_identities()
+        out += self._identity_commands()
         if entry is not None and entry is self._idle_entry:
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
         if entry is not None and entry is self._logout_entry:
@@ -663,7 +597,7 @@ class ImapSession(PreauthVerbs):
         was_authenticated = self.state is SessionState.AUTHENTICATED
         self.state = SessionState.LOGOUT
         if was_authenticated:
-            out += self._flush_unresolved()
+            out += [self._row(h) for h in self._ids.flush()] if self._ids is not None else []
             out.append(self._audit(Action.LOGOUT, Decision.ALLOW, reason=reason, detail={
                 "duration_s": round(self._clock() - self._started, 3),
                 "bytes_in": self.bytes_from_client, "bytes_out": self.bytes_to_client}))
@@ -686,20 +620,6 @@ class _Held:
     frame: Frame  # what to relay if allowed
     list_line: bytes  # the gateway's LIST
     listing: bool = False  # the LIST has been sent (every earlier command was done)
-
-
-def _number_set(numbers: list[int]) -> str:
-    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input)."""
-    runs: list[str] = []
-    start = prev = numbers[0]
-    for n in numbers[1:] + [None]:  # type: ignore[list-item]
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        runs.append(str(start) if start == prev else f"{start}:{prev}")
-        if n is not None:
-            start = prev = n
-    return ",".join(runs)
 
 
 def _client_caps(upstream: list[str]) -> list[str]:

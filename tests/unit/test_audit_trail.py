@@ -14,12 +14,21 @@ def rows(out) -> list[tuple]:
     return [(e.action, e.folder, e.message.uid if e.message else None, e.detail) for e in audits(out)]
 
 
-def selected_lavoro():
+def selected_lavoro(prime: bytes = b""):
+    """Lavoro selected (UIDVALIDITY 1700; UIDs 31, 35, 39); ``prime``: the identity replies the
+    provider gives to the gateway's own lookups right after the SELECT."""
     s = logged_in(upstream_caps=CAPS)  # alice may do everything (tests/unit/policies.OPEN)
     s.client_data(b"s1 SELECT Lavoro\r\n")
     out = s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] UIDs valid\r\n"
                           b"* OK [UIDNEXT 40] Predicted next UID\r\ns1 OK [READ-WRITE] Select completed\r\n")
     assert rows(out) == [("select", "Lavoro", None, {"uidvalidity": 1700, "messages": 3})]
+    # the gateway maps every message to its UID, then asks who the messages are, before reading on
+    assert sent(out, act.SendToUpstream) == b"PECGW.s1 UID SEARCH ALL\r\n" and s.reading_paused
+    out = s.upstream_data(b"* SEARCH 31 35 39\r\nPECGW.s1 OK Search completed\r\n")
+    assert sent(out) == b""
+    assert sent(out, act.SendToUpstream) == b"PECGW.i2 UID FETCH 31,35,39 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    out = s.upstream_data(prime + b"PECGW.i2 OK Fetch completed\r\n")
+    assert sent(out) == b"" and not s.reading_paused
     return s
 
 
@@ -35,16 +44,13 @@ BUSTA = (b"Message-ID: <opec21.20250512091540.1.2@pec.example.it>\r\nSubject: =?
 RICEVUTA = b"Message-ID: <r1@pec.example.it>\r\nSubject: CONSEGNA: x\r\nX-Ricevuta: avvenuta-consegna\r\n\r\n"
 
 
-def test_fetch_rows_per_message_tell_body_from_metadata_and_name_the_pec():
-    s = selected_lavoro()
-    s.client_data(b"f1 UID FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
-    out = s.upstream_data(b'* 1 FETCH (UID 31 FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {4}\r\nab\r\n)\r\n'
-                          b'* 2 FETCH (UID 35 FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {4}\r\ncd\r\n)\r\n'
+def test_rows_name_the_messages_the_gateway_looked_up_after_select():
+    s = selected_lavoro(identity(1, 31, BUSTA) + identity(2, 35, RICEVUTA))
+    s.client_data(b"f1 FETCH 1:2 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n")
+    out = s.upstream_data(b'* 1 FETCH (FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {4}\r\nab\r\n)\r\n'
+                          b'* 2 FETCH (FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {4}\r\ncd\r\n)\r\n'
                           b"f1 OK Fetch completed\r\n")
-    assert rows(out) == []  # the rows wait for the messages' identity ...
-    assert sent(out, act.SendToUpstream) == b"PECGW.i1 UID FETCH 31,35 (UID %s)\r\n" % IDENTITY_ITEM.encode()
-    out = s.upstream_data(identity(1, 31, BUSTA) + identity(2, 35, RICEVUTA) + b"PECGW.i1 OK done\r\n")
-    assert sent(out) == b""  # ... which the client never sees
+    assert sent(out, act.SendToUpstream) == b""  # nothing more to ask
     first, second = audits(out)
     assert (first.action, first.folder, first.detail["content"]) == ("fetch", "Lavoro", "headers")
     m = first.message
@@ -55,40 +61,38 @@ def test_fetch_rows_per_message_tell_body_from_metadata_and_name_the_pec():
     assert m.sender.startswith('"Per conto di: amministrazione@pec.fornitore.example.it"')
     assert m.date == "Mon, 12 May 2025 09:15:40 +0200"
     assert (second.message.uid, second.message.pec_kind, second.message.pec_id) == (35, "avvenuta-consegna", None)
-    # a message already looked up is not asked about again; by sequence number, the view knows it
-    s.client_data(b"f2 FETCH 2 BODY.PEEK[]\r\n")
-    out = s.upstream_data(b"* 2 FETCH (BODY[] {5}\r\nhello)\r\nf2 OK done\r\n")
-    assert sent(out, act.SendToUpstream) == b""
+
+
+def test_a_message_arriving_later_is_looked_up_when_touched():
+    s = selected_lavoro(identity(1, 31, BUSTA))
+    s.upstream_data(b"* 4 EXISTS\r\n")  # a new PEC arrives: its UID is not known
+    s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\n")
+    out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n")
+    assert rows(out) == []  # the row waits for the message's identity ...
+    assert sent(out, act.SendToUpstream) == b"PECGW.i3 FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    out = s.upstream_data(identity(4, 40, RICEVUTA) + b"PECGW.i3 OK done\r\n")
+    assert sent(out) == b""  # ... which the client never sees
     (event,) = audits(out)
     assert (event.action, event.message.uid, event.message.message_id, event.detail) == (
-        "fetch", 35, "<r1@pec.example.it>", {"content": "body", "items": ["BODY[]"]})
+        "fetch", 40, "<r1@pec.example.it>", {"content": "body", "items": ["BODY[]"]})
 
 
 def test_rows_wait_but_are_never_lost():
-    s = selected_lavoro()
+    s = selected_lavoro()  # the provider told nothing about the messages
     s.client_data(b"f1 FETCH 1 (FLAGS)\r\n")
-    out = s.upstream_data(b"* 1 FETCH (FLAGS ())\r\nf1 OK done\r\n")  # no UID: looked up by number
-    assert sent(out, act.SendToUpstream) == b"PECGW.i1 FETCH 1 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    out = s.upstream_data(b"* 1 FETCH (FLAGS ())\r\nf1 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b"PECGW.i3 UID FETCH 31 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     assert s.reading_paused  # the next command waits for the lookup: nothing else may be in flight
-    out = s.upstream_data(b"* 1 EXPUNGE\r\nPECGW.i1 OK done\r\n")  # the message vanished meanwhile
+    out = s.upstream_data(b"* 1 EXPUNGE\r\nPECGW.i3 OK done\r\n")  # the message vanished meanwhile
     (event,) = audits(out)
-    assert (event.action, event.message.uid, event.message.message_id) == ("fetch", None, None)
+    assert (event.action, event.message.uid, event.message.message_id) == ("fetch", 31, None)
     s.client_data(b"f2 FETCH 1 (FLAGS)\r\n")
-    out = s.upstream_data(b"* 1 FETCH (UID 40 FLAGS ())\r\nf2 OK done\r\n")
+    s.upstream_data(b"* 1 FETCH (UID 35 FLAGS ())\r\nf2 OK done\r\n")
     assert [e.action for e in audits(s.client_closed())] == ["fetch", "logout"]  # flushed at the end
-
-
-def learn_uids(s) -> None:
-    """The client maps numbers to UIDs 31, 35, 39 (and the gateway looks them up)."""
-    s.client_data(b"f0 FETCH 1:3 (UID FLAGS)\r\n")
-    out = s.upstream_data(b"* 1 FETCH (UID 31 FLAGS ())\r\n* 2 FETCH (UID 35 FLAGS ())\r\n"
-                          b"* 3 FETCH (UID 39 FLAGS ())\r\nf0 OK done\r\n")
-    assert [e.action for e in audits(answer_lookups(s, out))] == ["fetch"] * 3
 
 
 def test_flag_changes_with_and_without_silent():
     s = selected_lavoro()
-    learn_uids(s)
     s.client_data(b"t1 STORE 2 +FLAGS (\\Flagged)\r\n")
     out = s.upstream_data(b"* 2 FETCH (FLAGS (\\Flagged \\Seen))\r\nt1 OK Store completed\r\n")
     out = answer_lookups(s, out)
@@ -102,7 +106,6 @@ def test_flag_changes_with_and_without_silent():
 
 def test_copy_move_append_and_expunge_rows():
     s = selected_lavoro()
-    learn_uids(s)
     s.client_data(b"c1 UID COPY 31,35 Archivio\r\n")
     out = answer_lookups(s, s.upstream_data(b"c1 OK [COPYUID 88 31,35 7:8] Copy completed\r\n"))
     assert rows(out) == [("copy", "Lavoro", 31, {"to": "Archivio", "to_uidvalidity": 88, "to_uid": 7}),

@@ -1,0 +1,191 @@
+"""Audit rows waiting for their message's identity, and the gateway's own commands that find it.
+
+Pure: the session hands over what happened (:meth:`IdentityLookups.settle`), asks at each quiet
+moment which of its own commands to send (:meth:`commands` — only when nothing of the client's
+is in flight, so every reply in between is the gateway's), and passes on the replies
+(:meth:`untagged`, :meth:`tagged`).  Two kinds of command:
+
+* **priming**, after a SELECT/EXAMINE: ``UID SEARCH ALL`` maps every sequence number to its UID
+  (RFC 3501 §6.4.4: UIDs come back in ascending order, which is sequence order), then one
+  ``UID FETCH`` of the identity headers of the messages not yet in the cache — the most recent
+  :data:`PRIME_LIMIT` of them.  Rows about messages that leave the folder (EXPUNGE, MOVE) are
+  then named even if nobody fetched those messages first;
+* **lookups** for rows that still miss an identity (a message that arrived after the SELECT).
+
+A row is never dropped: whatever cannot be looked up is written with what is known, and every
+waiting row is written when the session ends (:meth:`flush`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.audit.events import MessageRef
+from gateway.imap_proxy.audit_trail import AuditTrail, Happened
+from gateway.imap_proxy.framing import Frame
+from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
+from gateway.imap_proxy.responses import Head, parse_status
+from gateway.imap_proxy.syntax import Reader, TokenError
+
+__all__ = ["IdentityLookups", "PRIME_LIMIT", "number_set"]
+
+#: Identities fetched ahead after a SELECT, newest first: enough for the PEC anyone works on,
+#: bounded for folders of a hundred thousand messages (older ones are looked up when touched).
+PRIME_LIMIT = 5000
+_LOOKUP_ACTIONS = frozenset({"fetch", "flags", "copy"})  # rows whose message is still in the folder
+
+
+def number_set(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input)."""
+    runs: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n == prev + 1:
+            prev = n
+            continue
+        runs.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = n
+    runs.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(runs)
+
+
+class IdentityLookups:
+    """One session's waiting rows and identity commands; ``cache`` is shared by all sessions."""
+
+    def __init__(self, cache: IdentityCache, mailbox: str | None, trail: AuditTrail, tag_prefix: str) -> None:
+        self.cache, self.mailbox, self.trail, self._prefix = cache, mailbox, trail, tag_prefix
+        self.unresolved: list[Happened] = []
+        self.outstanding: set[str] = set()
+        self.prime_wanted = False
+        self._search: tuple[str, list[int]] | None = None  # our UID SEARCH ALL and its UIDs
+        self._count = 0
+
+    @property
+    def waiting(self) -> bool:
+        """True while rows or gateway commands are pending (the client is then not read)."""
+        return bool(self.unresolved or self.outstanding or self.prime_wanted)
+
+    # ------------------------------------------------------------------ rows
+    def _key(self, folder: str | None, ref: MessageRef) -> tuple:
+        return (self.mailbox, folder, ref.uidvalidity, ref.uid)
+
+    def named(self, h: Happened) -> Happened:
+        """``h`` with its message's identity, when the view and the cache know it."""
+        ref = h.message
+        if ref is None or ref.message_id is not None:
+            return h
+        view = self.trail.view
+        if ref.uid is None and h.seq is not None and view is not None:
+            uid = view.uid_of(h.seq)
+            ref = replace(ref, uid=uid) if uid is not None else ref
+        known = self.cache.get(self._key(h.folder, ref)) if ref.uid is not None else None
+        return replace(h, message=known or ref)
+
+    def settle(self, records: list[Happened]) -> list[Happened]:
+        """The rows that can be written now; the others wait for a lookup."""
+        ready = []
+        for h in records:
+            if h.action in ("select", "examine"):
+                self.prime_wanted = True
+            h = self.named(h)
+            if h.message is not None and h.message.message_id is None and self._can_look_up(h):
+                self.unresolved.append(h)
+            else:
+                ready.append(h)
+        return ready
+
+    def _can_look_up(self, h: Happened) -> bool:
+        trail = self.trail
+        return (h.action in _LOOKUP_ACTIONS and trail.view is not None and h.folder == trail.folder
+                and h.message is not None and (h.message.uid is not None or h.seq is not None))
+
+    def flush(self) -> list[Happened]:
+        """Every waiting row, named as well as possible now."""
+        rows = [self.named(h) for h in self.unresolved]
+        self.unresolved = []
+        return rows
+
+    # ------------------------------------------------------------------ the gateway's commands
+    def _tag(self, kind: str) -> str:
+        self._count += 1
+        tag = f"{self._prefix}{kind}{self._count}"
+        self.outstanding.add(tag)
+        return tag
+
+    def commands(self) -> tuple[list[bytes], list[Happened]]:
+        """At a quiet moment: the commands to send now, and rows that can no longer wait."""
+        if self.outstanding:
+            return [], []
+        view = self.trail.view
+        if self.prime_wanted:
+            self.prime_wanted = False
+            if view is not None and len(view):
+                tag = self._tag("s")
+                self._search = (tag, [])
+                return [f"{tag} UID SEARCH ALL\r\n".encode()], []
+        ready = [h for h in map(self.named, self.unresolved) if h.message and h.message.message_id]
+        if ready:
+            self.unresolved = [h for h in map(self.named, self.unresolved)
+                               if not (h.message and h.message.message_id)]
+        if not self.unresolved:
+            return [], ready
+        uids = sorted({h.message.uid for h in self.unresolved if h.message and h.message.uid is not None})
+        seqs = sorted({h.seq for h in self.unresolved if h.message and h.message.uid is None and h.seq})
+        if view is None or not (uids or seqs):
+            return [], ready + self.flush()
+        lines = [self._fetch_line(uids, uid=True)] if uids else []
+        if seqs:
+            lines.append(self._fetch_line(seqs, uid=False))
+        return lines, ready
+
+    def _fetch_line(self, numbers: list[int], *, uid: bool) -> bytes:
+        verb = "UID FETCH" if uid else "FETCH"
+        return f"{self._tag('i')} {verb} {number_set(numbers)} (UID {IDENTITY_ITEM})\r\n".encode()
+
+    # ------------------------------------------------------------------ their replies
+    def untagged(self, head: Head, frame: Frame) -> bool:
+        """A reply to one of the gateway's commands: taken, never shown to the client."""
+        if head.name == "SEARCH" and self._search is not None:
+            words = frame.lines[0].split()[2:]
+            self._search[1].extend(int(w) for w in words if w.isdigit())
+            return True
+        if head.name == "FETCH" and self.outstanding:
+            return self._identity(frame)
+        return False
+
+    def _identity(self, frame: Frame) -> bool:
+        try:
+            reader = Reader(frame, start=1)
+            seq = reader.read()
+            reader.read()  # FETCH
+            items = reader.read()
+        except TokenError:
+            return False
+        block = fetch_identity_item(items) if isinstance(items, list) else None
+        if block is None:
+            return False
+        view = self.trail.view
+        uid = next((int(v) for k, v in zip(items[::2], items[1::2])
+                    if str(k).upper() == "UID" and str(v).isdigit()), None)
+        if view is not None and uid is not None and str(seq).isdigit():
+            view.learn(int(seq), uid)
+            ref = identity_from_headers(block, view.uidvalidity, uid)
+            self.cache.put(self._key(self.trail.folder, ref), ref)
+        return True
+
+    def tagged(self, tag: str, frame: Frame) -> tuple[list[bytes], list[Happened]]:
+        """One of the gateway's commands is done: what to send next, and rows now complete."""
+        self.outstanding.discard(tag)
+        if self._search is not None and self._search[0] == tag:
+            _tag, uids = self._search
+            self._search = None
+            view = self.trail.view
+            if view is not None and parse_status(frame).status == "OK":
+                view.assign(uids)
+                missing = [u for u in uids if self.cache.get(self._key(self.trail.folder,
+                                                                      MessageRef(view.uidvalidity, u))) is None]
+                if missing:
+                    return [self._fetch_line(missing[-PRIME_LIMIT:], uid=True)], []
+        if self.outstanding:
+            return [], []
+        return [], self.flush()  # asked once: what is still unknown is written as it is
