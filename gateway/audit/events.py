@@ -9,7 +9,7 @@ checked to be plain JSON scalars.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 __all__ = ["AuditEvent", "AuditSink", "Action", "Decision", "MessageRef", "utc_now"]
@@ -87,12 +87,21 @@ class AuditEvent:
                 raise TypeError(f"AuditEvent.detail[{key!r}] must be a JSON scalar or list")
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The event as JSON-ready values (built by hand: ``dataclasses.asdict`` deep-copies
+        recursively, and a bulk FETCH makes hundreds of events)."""
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["when"] = self.when.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
         data["offices"] = list(self.offices)
+        data["detail"] = dict(self.detail)
         if self.message is None:
-            data.pop("message")
+            del data["message"]
+        else:
+            data["message"] = {name: getattr(self.message, name) for name in _MESSAGE_FIELDS}
         return data
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+_MESSAGE_FIELDS = tuple(f.name for f in fields(MessageRef))
 
 
 class AuditSink(Protocol):

@@ -63,8 +63,8 @@ class JsonLinesSink:
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             events = [e for e in batch if e is not None]
-            if events:
-                await self._write_until_done(_lines(events))
+            if events:  # serialised off the event loop: it is the relay's thread
+                await self._write_until_done(await asyncio.to_thread(_lines, events))
             if None in batch:
                 return
 

@@ -70,7 +70,7 @@ def _cause(exc: BaseException) -> str:
 class StoreSink:
     """Batches events into ``store``; see the module documentation for failures."""
 
-    def __init__(self, store: AuditStore, *, batch: int = 500, on_failure: str = "fail-closed",
+    def __init__(self, store: AuditStore, *, batch: int = 500, linger: float = 0.05, on_failure: str = "fail-closed",
                  spool_path: Path | str | None = None, retry_initial: float = 0.5,
                  retry_max: float = 10.0, report_every: float = 60.0) -> None:
         if on_failure not in ON_FAILURE:
@@ -81,6 +81,7 @@ class StoreSink:
         self.on_failure = on_failure
         self.spool_path = Path(spool_path) if spool_path is not None else None
         self._batch = batch
+        self._linger = linger  # a bulk FETCH emits hundreds of rows: wait for them, commit once
         self._retry_initial, self._retry_max = retry_initial, retry_max
         self._report_every = report_every
         self._queue: asyncio.Queue[AuditEvent | None] = asyncio.Queue()
@@ -132,6 +133,8 @@ class StoreSink:
             if self.spooled and self._queue.empty():
                 await self._idle_replay()
             item = await self._queue.get()
+            if item is not None and self._linger and self._queue.qsize() < self._batch:
+                await asyncio.sleep(self._linger)
             batch = [item]
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
