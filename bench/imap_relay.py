@@ -4,6 +4,7 @@ Usage, from the repository root::
 
     python bench/imap_relay.py [--messages N] [--size BYTES] [--small M] [--rounds R] [--noops K]
                                [--loop asyncio|uvloop] [--profile PREFIX]
+                               [--audit jsonl|sqlite|postgresql|all] [--pg CONNINFO]
 
 What it does: starts a throwaway Dovecot (tests/fixtures/dovecot.py), seeds one PEC mailbox with
 N realistic PEC messages (``busta di trasporto`` with a signed envelope and a PDF-sized attachment)
@@ -24,6 +25,12 @@ the throughput, to tell a slow gateway from a machine with too few cores.
 
 Targets (issue 1): throughput through the gateway >= 0.8 x direct; median added NOOP latency
 <= 1 ms.  This is a script, not a test: nothing here asserts on time.
+
+With ``--audit`` (issue 4) the rounds measure instead the gateway's bulk fetch with auditing off
+(a null sink swapped in on the running gateway) and with each chosen store on (a writer in front
+of a JSON-lines file, SQLite in the temporary directory, PostgreSQL in a throwaway schema of
+``--pg``), interleaved with the direct fetch, and report the throughput ratio on/off per store
+(target >= 0.9) and the audit events per second each store took while relaying.  No NOOPs then.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ if str(ROOT) not in sys.path:
 from bench.imap_client import Worker  # noqa: E402  (needs ROOT on sys.path)
 
 THROUGHPUT_TARGET = 0.8  # gateway / direct
+AUDIT_TARGET = 0.9  # gateway with auditing on / off (issue 4)
+AUDIT_STORES = ("jsonl", "sqlite", "postgresql")
+DEFAULT_PG = os.environ.get("PECGW_TEST_POSTGRES", "host=127.0.0.1 dbname=test user=postgres")
 LATENCY_TARGET_MS = 1.0  # median added NOOP round trip
 MB = 1_000_000
 
@@ -97,7 +107,8 @@ def make_messages(address: str, count: int, size: int, small: int) -> tuple[list
 
 
 def start_gateway(stack: contextlib.ExitStack, workdir: Path, pki, dovecot, address: str,
-                  mailbox_password: str, user_password: str, loop: str = "asyncio"):
+                  mailbox_password: str, user_password: str, loop: str = "asyncio",
+                  audit: dict | None = None):
     from gateway.auth.passwords import hash_password
     from gateway.secret import Secret
     from tests.fixtures.gateway import GatewayHarness, office_policy, toml_value
@@ -117,6 +128,8 @@ def start_gateway(stack: contextlib.ExitStack, workdir: Path, pki, dovecot, addr
         imap={"listen_starttls": []},
     )
     tables["log_level"] = "WARNING"
+    if audit is not None:
+        tables["audit"] = audit
     if loop == "uvloop":  # an experiment: the gateway's loop from uvloop instead of asyncio's
         import asyncio
 
@@ -195,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters: --messages {args.messages} --size {args.size} --small {args.small} "
           f"--rounds {args.rounds} --noops {args.noops}"
           + (f" --loop {args.loop}" if args.loop != "asyncio" else "")
-          + (f" --profile {args.profile}" if args.profile else ""))
+          + (f" --profile {args.profile}" if args.profile else "")
+          + (f" --audit {args.audit}" if args.audit else ""))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the "
           f"machine makes the numbers noisy)")
     if len(os.sched_getaffinity(0)) < 4:
@@ -222,7 +236,10 @@ def run(args: argparse.Namespace) -> int:
               f"({args.messages} PEC buste of ~{big_mean / 1024:.1f} KiB, {args.small} receipts of "
               f"~{small_mean / 1024:.1f} KiB, interleaved); seeded in {time.monotonic() - t0:.1f} s")
 
-        gw = start_gateway(stack, tmp, pki, dovecot, address, mailbox_password, user_password, args.loop)
+        # --audit: the gateway's own sink is an SQLite store without the JSON-lines copy; the
+        # measured sinks are built next to it (AuditBench) and swapped in round by round.
+        gw = start_gateway(stack, tmp, pki, dovecot, address, mailbox_password, user_password, args.loop,
+                           audit={"sqlite_path": str(tmp / "gw" / "audit.sqlite")} if args.audit else None)
         direct = {"port": dovecot.port, "ca_file": str(pki.ca_cert), "user": address,
                   "password": mailbox_password}
         via = {"port": gw.ports["implicit"], "ca_file": str(pki.ca_cert), "user": "bench",
@@ -245,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
 
         gateway_tid = gw.call(_async(threading.get_native_id))
         meter = CpuMeter(gateway_tid, int((dovecot.directory / "run" / "master.pid").read_text()))
+        if args.audit:
+            return audit_rounds(args, stack, tmp, gw, worker, meter, direct, via, v_direct)
         profilers = {}
         if args.profile:
             import cProfile
@@ -342,6 +361,322 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- --audit: auditing off vs on --------------------------------------------------------------
+
+class NullSink:
+    """Auditing off: takes every event and does nothing with it; always accepting, never behind."""
+
+    accepting = True
+    depth = 0
+
+    def emit(self, event) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class AuditBench:
+    """The sinks measured with ``--audit``, built on the running gateway's loop with the
+    gateway's own functions (``gateway.audit.setup``) and swapped in as its sink round by round.
+
+    Every connection reaches the sink through ``Services.audit`` at each event (``self.s.audit``
+    in ``imap_proxy/server.py``, also for ``accepting``), so a swap takes effect for the next
+    event of every session; ``Gateway.audit`` is swapped too and restored before the gateway stops,
+    so its own sink is the one it closes."""
+
+    def __init__(self, gw, stores: tuple[str, ...], tmp: Path, pg: str) -> None:
+        self.gw = gw
+        self.g = gw.gateway
+        self.own = self.g.audit  # the gateway's configured sink (SQLite, tmp/gw/audit.sqlite)
+        self.stores = stores
+        self.tmp = tmp
+        self.pg = pg
+        self.schema = f"bench_relay_audit_{secrets.token_hex(4)}"
+        self.sinks: dict[str, object] = {"off": NullSink()}
+        # per store: rows the store committed and the time spent committing them (writer busy)
+        self.written: dict[str, dict[str, int]] = {s: {"emitted": 0, "rows": 0, "busy_ns": 0, "batches": 0}
+                                                   for s in stores}
+        self.paths = {"jsonl": tmp / "audit-bench.jsonl", "sqlite": tmp / "audit-bench.sqlite"}
+
+    # -- setup and teardown (on the gateway's loop) ---------------------------------------------
+    async def build(self) -> None:
+        import dataclasses
+
+        from gateway.audit.jsonl import JsonLinesSink
+        from gateway.audit.setup import build_sink, ensure_chain_key, open_store
+
+        config = self.g.config
+        key = ensure_chain_key(config, self.g.vault)
+        for store in self.stores:
+            stats = self.written[store]
+            if store == "jsonl":
+                sink = JsonLinesSink(self.paths["jsonl"])
+                write = sink._write_until_done
+
+                async def timed_write(data: bytes, write=write, stats=stats) -> None:
+                    t0 = time.perf_counter_ns()
+                    await write(data)
+                    stats["busy_ns"] += time.perf_counter_ns() - t0
+                    stats["rows"] += data.count(b"\n")
+                    stats["batches"] += 1
+
+                sink._write_until_done = timed_write
+            else:
+                audit = dataclasses.replace(config.audit, store=store, jsonl_path=None,
+                                            sqlite_path=self.paths["sqlite"], postgresql_dsn=self.pg,
+                                            postgresql_schema=self.schema, postgresql_password_vault_key=None)
+                cfg = dataclasses.replace(config, audit=audit)
+                sink = build_sink(cfg, open_store(cfg, self.g.vault, key))  # a StoreSink, as the gateway's
+                append = sink.store.append  # runs in the writer's thread, one batch at a time
+
+                def timed_append(events, append=append, stats=stats):
+                    t0 = time.perf_counter_ns()
+                    seq = append(events)
+                    stats["busy_ns"] += time.perf_counter_ns() - t0
+                    stats["rows"] += len(events)
+                    stats["batches"] += 1
+                    return seq
+
+                sink.store.append = timed_append
+            emit = sink.emit
+
+            def counted_emit(event, emit=emit, stats=stats) -> None:  # ~0.1 us per event
+                stats["emitted"] += 1
+                emit(event)
+
+            sink.emit = counted_emit
+            sink.start()
+            self.sinks[store] = sink
+
+    async def close(self) -> None:
+        self.g.services.audit = self.g.audit = self.own
+        for name, sink in self.sinks.items():
+            await sink.close()
+            store = getattr(sink, "store", None)
+            if store is not None:
+                store.close()
+
+    def drop_schema(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.pg, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    # -- from the benchmark's thread ------------------------------------------------------------
+    def use(self, name: str) -> None:
+        sink = self.sinks[name]
+
+        def swap() -> None:
+            self.g.services.audit = self.g.audit = sink
+
+        self.gw.call(_async(swap))
+
+    def depth(self, sink) -> int:
+        return self.gw.call(_async(lambda: sink.depth))
+
+    def drain(self, sink, stats: dict | None = None, timeout: float = 120.0) -> float:
+        """Wait until ``sink``'s depth is 0 and (with ``stats``) every event emitted into it is
+        committed (JsonLinesSink's depth leaves out the batch being written); seconds waited."""
+        t0 = time.perf_counter()
+        while self.depth(sink) or (stats is not None and stats["rows"] < stats["emitted"]):
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"audit sink still {self.depth(sink)} events behind after {timeout:.0f} s")
+            time.sleep(0.002)
+        return time.perf_counter() - t0
+
+    def count(self, store: str) -> int:
+        """Rows actually in the store, read independently of the writer."""
+        if store == "jsonl":
+            path = self.paths["jsonl"]
+            return path.read_bytes().count(b"\n") if path.exists() else 0
+        if store == "sqlite":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(f"file:{self.paths['sqlite']}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT count(*) FROM audit").fetchone()[0]
+        import psycopg
+
+        with psycopg.connect(self.pg) as db:
+            return db.execute(f'SELECT count(*) FROM "{self.schema}".audit').fetchone()[0]
+
+
+def _own_rows(tmp: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{tmp / 'gw' / 'audit.sqlite'}?mode=ro", uri=True)) as db:
+        return db.execute("SELECT count(*) FROM audit").fetchone()[0]
+
+
+def audit_rounds(args, stack: contextlib.ExitStack, tmp: Path, gw, worker, meter, direct: dict, via: dict,
+                 v_direct: dict) -> int:
+    """``--audit``: bulk fetches direct, through the gateway with auditing off, and with each store
+    on, interleaved; the throughput ratio on/off per store and the events per second it took."""
+    stores = AUDIT_STORES if args.audit == "all" else (args.audit,)
+    bench = AuditBench(gw, stores, tmp, args.pg)
+    if "postgresql" in stores:
+        import psycopg
+
+        try:
+            with psycopg.connect(args.pg, connect_timeout=5) as admin:
+                pg_version = admin.execute("SHOW server_version").fetchone()[0]
+        except psycopg.Error as exc:
+            print(f"ERROR: cannot reach PostgreSQL ({' '.join(str(exc).split())}); use --pg or another --audit")
+            return 1
+        stack.callback(bench.drop_schema)  # after the sinks are closed (callbacks run last first)
+    stack.callback(lambda: gw.call(bench.close, timeout=120))
+    gw.call(bench.build, timeout=60)
+    bench.drain(bench.own)
+    own_before = _own_rows(tmp)
+    where = {"jsonl": str(bench.paths["jsonl"]), "sqlite": str(bench.paths["sqlite"]),
+             "postgresql": f"PostgreSQL {pg_version if 'postgresql' in stores else ''}, schema "
+                           f"{bench.schema} of '{args.pg}' (dropped at the end)"}
+    print("audit sinks (the gateway's StoreSink / JsonLinesSink, swapped in per fetch): off = a null sink; "
+          + "; ".join(f"{s}: {where[s]}" for s in stores))
+    variants = ("direct", "off", *stores)
+    print(f"order: rotating through {', '.join(variants)} each round, reversed every other cycle; "
+          "no NOOP rounds with --audit")
+    sys.stdout.flush()
+
+    profilers = {}
+    if args.profile:
+        import cProfile
+
+        profilers = {v: cProfile.Profile() for v in variants if v != "direct"}
+
+    fetch = {v: [] for v in variants}  # MB/s per round
+    cpu = {v: [] for v in variants}  # per fetch: (wall, client, gateway thread, writer threads, dovecot) ns
+    events = {s: {"rows": 0, "fetch_ns": 0, "drain_ns": 0, "depth_end": [], "drain": []} for s in stores}
+    rows = []
+    t_rounds = time.perf_counter()
+    n = len(variants)
+    for r in range(args.rounds):
+        k = r % n
+        order = variants[k:] + variants[:k]
+        if (r // n) % 2:
+            order = order[::-1]
+        row = {}
+        for name in order:
+            sink = bench.sinks.get(name)
+            if sink is not None:
+                bench.use(name)
+            stats = bench.written.get(name)
+            rows0 = stats["rows"] if stats else 0
+            conn = worker.run("open", **(direct if name == "direct" else via))
+            try:
+                profiler = profilers.get(name)
+                if profiler is not None:
+                    gw.call(_async(profiler.enable))
+                before, p0, m0 = meter.snapshot(), time.process_time_ns(), time.thread_time_ns()
+                res = worker.run("fetch", conn=conn)
+                after, p1, m1 = meter.snapshot(), time.process_time_ns(), time.thread_time_ns()
+                t_end = time.perf_counter()
+                if profiler is not None:
+                    gw.call(_async(profiler.disable))
+                depth_end = bench.depth(sink) if name in events else 0
+            finally:
+                worker.run("close", conn=conn)
+            if res["payload"] != v_direct["payload"] or res["literal_bytes"] != v_direct["literal_bytes"]:
+                print(f"ERROR: round {r + 1} {name}: {res['payload']} octets, expected {v_direct['payload']}")
+                return 1
+            gateway_ns, dovecot_ns = meter.delta(before, after)
+            # CPU of this process's other threads: the audit writer's (asyncio.to_thread) workers
+            writer_ns = max(0, (p1 - p0) - gateway_ns - (m1 - m0)) if name != "direct" else 0
+            fetch[name].append(res["payload"] / MB / (res["ns"] / 1e9))
+            cpu[name].append((res["ns"], res["cpu_ns"], gateway_ns if name != "direct" else 0, writer_ns,
+                              dovecot_ns))
+            row[name] = fetch[name][-1]
+            if name in events:  # wait for this store's writer before the next fetch, untimed
+                drain_s = (time.perf_counter() - t_end) + bench.drain(sink, stats)
+                e = events[name]
+                e["rows"] += stats["rows"] - rows0
+                e["fetch_ns"] += res["ns"]
+                e["drain_ns"] += int(drain_s * 1e9)
+                e["depth_end"].append(depth_end)
+                e["drain"].append(drain_s * 1e3)
+        rows.append(row)
+    rounds_s = time.perf_counter() - t_rounds
+    final = {}
+    for s in stores:  # the brief's check: every writer's queue empty after the rounds
+        final[s] = (bench.depth(bench.sinks[s]), bench.drain(bench.sinks[s], bench.written[s]))
+    bench.drain(bench.own)
+    own_after = _own_rows(tmp)
+
+    # -- report ----------------------------------------------------------------------------
+    print()
+    print("round " + "".join(f"{v + ' MB/s':>17}" for v in variants) + "   "
+          + "".join(f"{s + '/off':>16}" for s in stores))
+    for i, row in enumerate(rows, 1):
+        print(f"{i:>5} " + "".join(f"{row[v]:>17.1f}" for v in variants) + "   "
+              + "".join(f"{row[s] / row['off']:>16.2f}" for s in stores))
+
+    med = {v: statistics.median(fetch[v]) for v in variants}
+    ncpu = len(os.sched_getaffinity(0))
+    print()
+    print(f"bulk UID FETCH 1:* BODY.PEEK[]: {v_direct['payload'] / MB:.1f} MB per fetch, {args.rounds} fetches "
+          f"per variant (MB = 10^6 octets; CPU from /proc/*/schedstat)")
+    print("              median MB/s   best MB/s   wall ms   CPU ms per fetch: client  gateway  writer"
+          "  dovecot   cores busy")
+    for v in variants:
+        wall, client, gateway, writer, dove = (statistics.median(x) / 1e6 for x in zip(*cpu[v]))
+        busy = statistics.median((c + g + w + d) / t for t, c, g, w, d in cpu[v])
+        label = "direct" if v == "direct" else f"gw {v}"
+        g_text, w_text = (f"{gateway:.0f}", f"{writer:.0f}") if v != "direct" else ("-", "-")
+        print(f"  {label:<13} {med[v]:>9.1f}   {max(fetch[v]):>9.1f}   {wall:>7.0f}   {'':>16} {client:>6.0f}"
+              f"  {g_text:>7}  {w_text:>6}  {dove:>7.0f}   {busy:.2f} of {ncpu}")
+    print(f"  gateway (auditing off) / direct: {med['off'] / med['direct']:.2f}")
+    print("  (writer: CPU of the gateway process's threads other than the event loop during the fetch: "
+          "the audit writer's to_thread workers; a PostgreSQL server's own CPU is not counted)")
+    for s in stores:
+        paired = [row[s] / row["off"] for row in rows]
+        ratio = med[s] / med["off"]
+        print(f"  auditing on/off, {s:<10} (median MB/s): {ratio:.2f}   per-round median "
+              f"{statistics.median(paired):.2f}, range {min(paired):.2f}-{max(paired):.2f}   "
+              f"target >= {AUDIT_TARGET:.2f}   {'PASS' if ratio >= AUDIT_TARGET else 'FAIL'}")
+
+    print()
+    print(f"audit events per store while relaying (after each fetch the next waits until the store's "
+          f"writer is drained, untimed; all rounds took {rounds_s:.1f} s)")
+    print("              rows   per fetch   ev/s during fetch   ev/s sustained   writer busy   "
+          "ev/s in append   depth at fetch end   drain ms")
+    print(f"{'':>66}(store capacity)      median / max    median / max")
+    for s in stores:
+        e, w = events[s], bench.written[s]
+        fetch_s, total_s = e["fetch_ns"] / 1e9, (e["fetch_ns"] + e["drain_ns"]) / 1e9
+        busy_s = w["busy_ns"] / 1e9
+        print(f"  {s:<10} {e['rows']:>7}   {e['rows'] / args.rounds:>9.0f}   {e['rows'] / fetch_s:>17,.0f}   "
+              f"{e['rows'] / total_s:>14,.0f}   {busy_s:>9.2f} s   {w['rows'] / busy_s if busy_s else 0:>14,.0f}   "
+              f"{statistics.median(e['depth_end']):>8.0f} / {max(e['depth_end']):<7}  "
+              f"{statistics.median(e['drain']):>6.1f} / {max(e['drain']):.1f}")
+    print("  ev/s during fetch: rows / the timed fetches' wall time (the rate the relay produced them);"
+          " sustained: rows / (fetch + wait until the writer's depth was 0)")
+    for s in stores:
+        depth, waited = final[s]
+        in_store = bench.count(s)
+        print(f"  after the rounds: {s} depth {depth}, 0 after {waited * 1e3:.1f} ms; rows in the store "
+              f"{in_store} ({'==' if in_store == bench.written[s]['rows'] else '!='} {bench.written[s]['rows']} "
+              f"committed by the writer in {bench.written[s]['batches']} batches, of "
+              f"{bench.written[s]['emitted']} emitted)")
+    print(f"  the gateway's own sink took {own_after - own_before} rows during the rounds "
+          f"(0: every session used the swapped-in sinks)")
+
+    if profilers:
+        import pstats
+
+        print()
+        print("(timings above are slowed down by the profiler; the profile covers the gateway's event-loop "
+              "thread only, not the audit writer's threads)")
+        for v, profiler in profilers.items():
+            path = f"{args.profile}-fetch-{v}.pstats"
+            profiler.dump_stats(path)
+            print(f"\n== gateway thread profile during the fetches with auditing {v} -> {path}")
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile_top)
+    return 0
+
+
 def _async(fn):
     """A coroutine function calling ``fn`` on the gateway's loop thread (cProfile is per thread)."""
 
@@ -370,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
                         "PREFIX-fetch.pstats and PREFIX-noop.pstats (slows the gateway down)")
     p.add_argument("--profile-top", type=int, default=20, metavar="N",
                    help="functions to print per profile (default 20)")
+    p.add_argument("--audit", choices=(*AUDIT_STORES, "all"),
+                   help="measure the gateway with auditing off vs on into this store (all: each of "
+                        "jsonl, sqlite, postgresql), interleaved, instead of gateway vs direct + NOOPs")
+    p.add_argument("--pg", default=DEFAULT_PG, metavar="CONNINFO",
+                   help="--audit postgresql: the server, a throwaway schema is created and dropped "
+                        "(default $PECGW_TEST_POSTGRES or 'host=127.0.0.1 dbname=test user=postgres')")
     args = p.parse_args(argv)
     if args.small is None:
         args.small = args.messages // 4
