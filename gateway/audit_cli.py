@@ -102,7 +102,8 @@ def _cell(row: dict[str, Any], key: str) -> str:
         return ""
     if key == "when":
         return value[:26].replace("T", " ")
-    return " ".join(str(value).split())  # no line breaks or tabs inside a cell
+    # no line breaks, tabs or control characters inside a cell: a Subject must not drive the terminal
+    return "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())
 
 
 def _table(rows: list[dict[str, Any]], columns=TABLE) -> Iterable[str]:
@@ -117,9 +118,11 @@ def _table(rows: list[dict[str, Any]], columns=TABLE) -> Iterable[str]:
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, list):
-        return ";".join(map(str, value))
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        value = ";".join(map(str, value))
+    elif isinstance(value, dict):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # a spreadsheet must not run a Subject as a formula (CSV injection)
     return "" if value is None else value
 
 

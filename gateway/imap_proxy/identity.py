@@ -21,24 +21,31 @@ from email.header import decode_header, make_header
 from gateway.audit.events import MessageRef
 from gateway.imap_proxy.syntax import String
 
-__all__ = ["IDENTITY_FIELDS", "IDENTITY_ITEM", "IdentityCache", "identity_from_headers", "fetch_identity_item",
+__all__ = ["IDENTITY_FIELDS", "IDENTITY_ITEM", "IDENTITY_REPLY_ITEM", "IdentityCache", "identity_from_headers", "fetch_identity_item",
            "parse_header_block"]
 
 IDENTITY_FIELDS = ("MESSAGE-ID", "SUBJECT", "FROM", "DATE", "X-TRASPORTO", "X-RICEVUTA", "X-RIFERIMENTO-MESSAGE-ID")
+#: The header block asked for is cut at this many octets by the provider (a partial FETCH):
+#: whoever sends a PEC chooses its Subject, and must not make the gateway read megabytes.
+IDENTITY_OCTETS = 16384
 #: The FETCH item of the gateway's own lookups (its name also marks their replies).
-IDENTITY_ITEM = "BODY.PEEK[HEADER.FIELDS (%s)]" % " ".join(IDENTITY_FIELDS)
-_REPLY_ITEM = IDENTITY_ITEM.replace(".PEEK", "")
+IDENTITY_ITEM = "BODY.PEEK[HEADER.FIELDS (%s)]<0.%d>" % (" ".join(IDENTITY_FIELDS), IDENTITY_OCTETS)
+IDENTITY_REPLY_ITEM = "BODY[HEADER.FIELDS (%s)]<0>" % " ".join(IDENTITY_FIELDS)
 _MAX_VALUE = 998  # RFC 5322 line limit: more is not a header an auditor needs
+_MAX_RAW = 4 * _MAX_VALUE  # encoded words are longer than their text; decoding more is wasted work
 
 
 def _text(value: str | None) -> str | None:
     if value is None:
         return None
+    value = value[:_MAX_RAW]  # decode_header is quadratic in the length: bound it first
     try:
         text = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeDecodeError):
         text = value
-    text = " ".join(text.split())  # unfolded, no control characters
+    text = " ".join(text.split())  # unfolded
+    # no control or formatting characters: an auditor's terminal must not obey a Subject
+    text = "".join(ch for ch in text if ch.isprintable())
     return text[:_MAX_VALUE] or None
 
 
@@ -84,7 +91,7 @@ def identity_from_headers(raw: bytes, uidvalidity: int | None, uid: int | None) 
 def fetch_identity_item(items: list) -> bytes | None:
     """The header block in a parsed FETCH item list, when it is the gateway's own item."""
     for key, value in zip(items[::2], items[1::2]):
-        if str(key).upper() == _REPLY_ITEM and isinstance(value, String):
+        if str(key).upper() == IDENTITY_REPLY_ITEM and isinstance(value, String):
             return bytes(value)
     return None
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.imap_proxy import actions as act
-from gateway.imap_proxy.identity import IDENTITY_ITEM
+from gateway.imap_proxy.identity import IDENTITY_ITEM, IDENTITY_REPLY_ITEM
 from tests.unit.test_enforce_table import CAPS
 from tests.unit.transcript import answer_lookups, audits, logged_in, sent
 
-REPLY_ITEM = IDENTITY_ITEM.replace(".PEEK", "").encode()
+REPLY_ITEM = IDENTITY_REPLY_ITEM.encode()
 
 
 def rows(out) -> list[tuple]:
@@ -164,3 +164,17 @@ def test_no_login_while_the_audit_store_cannot_take_rows():
     out = s.client_data(b"a1 LOGIN alice pw123456\r\n")
     assert sent(out).startswith(b"a1 NO [UNAVAILABLE] The audit trail cannot be written now")
     assert not [a for a in out if isinstance(a, act.Login)]
+
+
+def test_a_huge_subject_costs_little_and_controls_nothing():
+    """Whoever sends a PEC chooses its Subject: decoding is bounded, escapes are dropped."""
+    import time
+
+    from gateway.imap_proxy.identity import identity_from_headers
+
+    big = b"Subject: " + b"=?UTF-8?Q?abcdefgh?= " * 40_000 + b"\r\n\r\n"
+    started = time.monotonic()
+    ref = identity_from_headers(big, 1, 1)
+    assert time.monotonic() - started < 1.0 and len(ref.subject) <= 998
+    evil = identity_from_headers(b"Subject: =?UTF-8?Q?Fattura=1B]0;x=07=1B[2J?=\r\n\r\n", 1, 1)
+    assert evil.subject == "Fattura]0;x[2J"
