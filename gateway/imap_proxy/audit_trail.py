@@ -53,6 +53,7 @@ class _Running:
     target: str | None = None  # COPY/MOVE/APPEND destination, RENAME's new name
     flags: tuple[str, str, bool] | None = None  # STORE: ("+FLAGS", "\\Seen \\Flagged", silent)
     messages: str = ""  # STORE: the sequence or UID set
+    members: frozenset[int] | None = None  # FETCH/STORE: the numbers (or UIDs) it names; None: unknown
     moved: list[tuple[int, int]] = field(default_factory=list)  # MOVE: (source UID, destination UID)
 
 
@@ -98,6 +99,8 @@ class AuditTrail:
         elif name == "STORE":
             running.flags = _store_flags(cmd)
             running.messages = str(cmd.args[0]) if cmd.args else ""
+        if name in ("FETCH", "STORE") and cmd.args:
+            running.members = self._members(str(cmd.args[0]), cmd.uid)
         self._running[cmd.tag] = running
         self._order.append(cmd.tag)
 
@@ -144,11 +147,13 @@ class AuditTrail:
         if data.uid is not None:
             self.view.learn(data.seq, data.uid)
         uid = data.uid if data.uid is not None else self.view.uid_of(data.seq)
-        running = self._oldest({"FETCH", "STORE"})
+        running = self._owner(data.seq, uid)
         if running is None:
-            return []  # an unsolicited flag update: another session's doing
+            return []  # an unsolicited update about another message: another session's doing
         if running.name == "STORE":
-            op, flags, _silent = running.flags or ("", "", False)
+            op, flags, silent = running.flags or ("", "", False)
+            if silent:  # one row per message at the tagged OK (a CONDSTORE reply here only carries MODSEQ)
+                return []
             return [Happened("flags", self.folder, self._ref(uid), {
                 "change": op, "flags": flags, "now": list(data.flags) if data.flags is not None else None},
                 data.seq)]
@@ -238,6 +243,40 @@ class AuditTrail:
             present = set(known)
             return [n for n in numbers if n in present]
         return [view.uid_of(n) for n in numbers if n <= len(view)]
+
+    def _members(self, text: str, uid: bool) -> frozenset[int] | None:
+        """The sequence numbers (or UIDs) a command's set names, ``*`` as the last one; None when
+        the set cannot be expanded here (``$``, or a range too large to list)."""
+        view = self.view
+        if view is None or "$" in text:
+            return None
+        if uid:
+            known = [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
+            last = max(known) if known else 0
+        else:
+            last = len(view)
+        try:
+            return frozenset(parse_uid_set(text.replace("*", str(max(last, 1))), limit=1_000_000))
+        except ValueError:
+            return None
+
+    def _owner(self, seq: int, uid: int | None) -> _Running | None:
+        """The oldest running FETCH or STORE that asked about this message (mbsync pipelines
+        one UID FETCH per message: each reply belongs to the one naming it)."""
+        for tag in self._order:
+            running = self._running.get(tag)
+            if running is not None and running.name in ("FETCH", "STORE") and self._names(running, seq, uid):
+                return running
+        return None
+
+    @staticmethod
+    def _names(running: _Running, seq: int, uid: int | None) -> bool:
+        """Is the message (``seq``, ``uid``) one the running command asked about?"""
+        if running.members is None:
+            return True
+        if running.uid:
+            return uid is not None and uid in running.members
+        return seq in running.members
 
     def deselected(self) -> None:
         """The gateway itself left the folder (a policy reload withdrew it)."""

@@ -148,6 +148,10 @@ class IdentityLookups:
         if head.name == "SEARCH" and self._search is not None:
             words = frame.lines[0].split()[2:]
             self._search[1].extend(int(w) for w in words if w.isdigit())
+            if self.trail.view is not None:
+                # now, not at the tagged OK: an EXPUNGE may follow the SEARCH line (Dovecot sends
+                # pending expunges before the OK) and must apply to this mapping
+                self.trail.view.assign(self._search[1])
             return True
         if head.name == "FETCH" and self.outstanding:
             return self._identity(frame)
@@ -181,9 +185,9 @@ class IdentityLookups:
             self._search = None
             view = self.trail.view
             if view is not None and parse_status(frame).status == "OK":
-                view.assign(uids)
-                missing = [u for u in uids if self.cache.get(self._key(self.trail.folder,
-                                                                      MessageRef(view.uidvalidity, u))) is None]
+                present = {view.uid_of(n) for n in range(1, len(view) + 1)}
+                missing = [u for u in uids if u in present and self.cache.get(
+                    self._key(self.trail.folder, MessageRef(view.uidvalidity, u))) is None]
                 if missing:
                     return [self._fetch_line(missing[-PRIME_LIMIT:], uid=True)], []
         if self.outstanding:

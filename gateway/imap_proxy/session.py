@@ -242,7 +242,9 @@ class ImapSession(PreauthVerbs):
 
     # ======================================================================= client side
     def _pump_client(self) -> list:
-        out: list = []
+        # a quiet moment may be the one the identity lookups wait for, whatever made it quiet
+        # (a reply from the provider, or a command the gateway answered itself)
+        out: list = self._identity_commands() if self._ids is not None and self._ids.waiting else []
         while self.state not in (SessionState.LOGOUT, SessionState.AUTHENTICATING):
             if self.reading_paused:
                 break
@@ -493,13 +495,12 @@ class ImapSession(PreauthVerbs):
         if entry is None:  # a reply to nothing in flight: the provider is out of step with us
             return out + self._upstream_broken(f"a tagged reply to no command in flight ({tag[:40]!r})")
         out.append(act.SendToClient(data + released if released else data))
+        if entry is self._idle_entry:
+            self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
+        if entry is self._logout_entry:  # nothing more goes to the provider after LOGOUT
+            return out + self._finish("logout", send_bye=False)
         if self._held is not None:
             out += self._list_for_held()
-        out += self._identity_commands()
-        if entry is not None and entry is self._idle_entry:
-            self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
-        if entry is not None and entry is self._logout_entry:
-            return out + self._finish("logout", send_bye=False)
         return out + self._pump_client()
 
     def _list_for_held(self) -> list:
