@@ -86,7 +86,8 @@ class AuditTrail:
         """A client command is being relayed; ``wire_args`` are its mailbox arguments."""
         name = cmd.name
         human = [self._name(w) if w is not None else None for w in wire_args]
-        running = _Running(name, cmd.uid, self.folder)
+        # a command pipelined behind a SELECT runs in the folder being selected
+        running = _Running(name, cmd.uid, self._selecting[1] if self._selecting is not None else self.folder)
         if name in ("SELECT", "EXAMINE"):
             self._selecting = (cmd.tag, human[0] or "", name == "EXAMINE")
             self._select_view = MailboxView()

@@ -75,7 +75,7 @@ class IdentityLookups:
         if ref is None or ref.message_id is not None:
             return h
         view = self.trail.view
-        if ref.uid is None and h.seq is not None and view is not None:
+        if (ref.uid is None and h.seq is not None and view is not None and self._current(h)):
             uid = view.uid_of(h.seq)
             ref = replace(ref, uid=uid) if uid is not None else ref
         known = self.cache.get(self._key(h.folder, ref)) if ref.uid is not None else None
@@ -94,10 +94,25 @@ class IdentityLookups:
                 ready.append(h)
         return ready
 
+    def _current(self, h: Happened) -> bool:
+        """Is the row about the folder selected now (same name, same UIDVALIDITY)?"""
+        view = self.trail.view
+        return (view is not None and h.folder == self.trail.folder and h.message is not None
+                and h.message.uidvalidity == view.uidvalidity)
+
     def _can_look_up(self, h: Happened) -> bool:
-        trail = self.trail
-        return (h.action in _LOOKUP_ACTIONS and trail.view is not None and h.folder == trail.folder
-                and h.message is not None and (h.message.uid is not None or h.seq is not None))
+        return (h.action in _LOOKUP_ACTIONS and self._current(h) and h.message is not None
+                and (h.message.uid is not None or h.seq is not None))
+
+    def expunged(self, seq: int) -> None:
+        """``* seq EXPUNGE``: waiting rows known by number follow the renumbering (RFC 3501
+        §7.4.1); the row about the message that left keeps what it has."""
+        shifted = []
+        for h in self.unresolved:
+            if h.message is not None and h.message.uid is None and h.seq is not None and self._current(h):
+                h = replace(h, seq=None if h.seq == seq else h.seq - 1 if h.seq > seq else h.seq)
+            shifted.append(h)
+        self.unresolved = shifted
 
     def flush(self) -> list[Happened]:
         """Every waiting row, named as well as possible now."""
@@ -127,6 +142,10 @@ class IdentityLookups:
         if ready:
             self.unresolved = [h for h in map(self.named, self.unresolved)
                                if not (h.message and h.message.message_id)]
+        stale = [h for h in self.unresolved if not self._can_look_up(h)]  # another folder now
+        if stale:
+            self.unresolved = [h for h in self.unresolved if self._can_look_up(h)]
+            ready += stale
         if not self.unresolved:
             return [], ready
         uids = sorted({h.message.uid for h in self.unresolved if h.message and h.message.uid is not None})

@@ -459,6 +459,8 @@ class ImapSession(PreauthVerbs):
             if self._ids is not None and self._ids.untagged(head, frame):
                 return []  # a reply to the gateway's own identity command
             audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
+            if head.name == "EXPUNGE" and head.number is not None and self._ids is not None:
+                self._ids.expunged(head.number)
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
                 if kept is None:

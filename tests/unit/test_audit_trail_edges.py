@@ -8,7 +8,7 @@ from gateway.imap_proxy import actions as act
 from tests.unit.policies import fixed_policy
 from tests.unit.test_audit_trail import BUSTA, RICEVUTA, identity, rows, selected_lavoro
 from tests.unit.test_enforce_table import CAPS, POLICY
-from tests.unit.transcript import answer_lookups, logged_in, sent
+from tests.unit.transcript import answer_lookups, audits, logged_in, sent
 
 
 def prime3():
@@ -104,3 +104,28 @@ def test_logout_with_rows_pending_sends_nothing_after_logout():
     s.upstream_data(b"* 4 FETCH (FLAGS ())\r\nf1 OK done\r\n")
     out = s.upstream_data(b"* BYE bye\r\nl1 OK Logout completed\r\n")
     assert sent(out, act.SendToUpstream) == b""
+
+
+def test_pipelined_copy_after_select_names_the_new_folder():
+    s = selected_lavoro(prime3())
+    s.client_data(b"s2 SELECT Archivio\r\nc1 UID COPY 7 Lavoro\r\n")
+    s.upstream_data(b"* 1 EXISTS\r\n* OK [UIDVALIDITY 88] x\r\ns2 OK [READ-WRITE] done\r\n")
+    out = s.upstream_data(b"c1 OK [COPYUID 1700 7 40] Copy completed\r\n")
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.s3 UID SEARCH ALL")  # Archivio is mapped first
+    out = s.upstream_data(b"* SEARCH 7\r\nPECGW.s3 OK done\r\n")
+    out = s.upstream_data(identity(1, 7, b"Message-ID: <a7@x>\r\n\r\n") + b"PECGW.i4 OK done\r\n")
+    (event,) = [e for e in audits(out) if e.action == "copy"]
+    assert (event.folder, event.message.uidvalidity, event.message.uid, event.message.message_id) == (
+        "Archivio", 88, 7, "<a7@x>")
+
+
+def test_a_waiting_row_follows_an_expunge_and_stays_in_its_folder():
+    s = selected_lavoro(prime3())
+    s.upstream_data(b"* 5 EXISTS\r\n")  # two new messages, UIDs unknown
+    s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\nx1 EXPUNGE\r\n")
+    out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n* 1 EXPUNGE\r\nx1 OK done\r\n")
+    # the fetched message was number 4; after the expunge it is number 3
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i3 FETCH 3 ")
+    out = s.upstream_data(identity(3, 41, b"Message-ID: <m41@x>\r\n\r\n") + b"PECGW.i3 OK done\r\n")
+    (event,) = [e for e in audits(out) if e.action == "fetch"]
+    assert (event.message.uid, event.message.message_id) == (41, "<m41@x>")
