@@ -234,11 +234,9 @@ class AuditTrail:
         view = self.view
         if view is None or not text:
             return []
-        known = [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
-        last = (max(known) if known else 0) if uid else len(view)
-        try:
-            numbers = parse_uid_set(text.replace("*", str(max(last, 1))), limit=100_000)
-        except ValueError:
+        known = self._known_uids()
+        numbers = self._expand(text, uid, known, limit=100_000)
+        if numbers is None:
             return []
         if uid:
             present = set(known)
@@ -248,16 +246,23 @@ class AuditTrail:
     def _members(self, text: str, uid: bool) -> frozenset[int] | None:
         """The sequence numbers (or UIDs) a command's set names, ``*`` as the last one; None when
         the set cannot be expanded here (``$``, or a range too large to list)."""
-        view = self.view
-        if view is None or "$" in text:
+        if self.view is None or "$" in text:
             return None
-        if uid:
-            known = [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
-            last = max(known) if known else 0
-        else:
-            last = len(view)
+        numbers = self._expand(text, uid, self._known_uids() if uid else [], limit=1_000_000)
+        return None if numbers is None else frozenset(numbers)
+
+    def _known_uids(self) -> list[int]:
+        view = self.view
+        assert view is not None
+        return [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
+
+    def _expand(self, text: str, uid: bool, known: list[int], *, limit: int) -> list[int] | None:
+        """``text`` with ``*`` as the last UID (or number) of the view, expanded; None if it
+        is not a set of numbers or is over ``limit``."""
+        assert self.view is not None
+        last = (max(known) if known else 0) if uid else len(self.view)
         try:
-            return frozenset(parse_uid_set(text.replace("*", str(max(last, 1))), limit=1_000_000))
+            return parse_uid_set(text.replace("*", str(max(last, 1))), limit=limit)
         except ValueError:
             return None
 

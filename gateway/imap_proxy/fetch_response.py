@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.syntax import Atom, Reader, String, TokenError
 
-__all__ = ["FetchData", "parse_fetch", "is_header_section"]
+__all__ = ["FetchData", "parse_fetch", "read_fetch", "is_header_section"]
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,22 @@ def is_header_section(name: str) -> bool:
     return "HEADER" in parts or parts[-1] == "MIME"
 
 
-def parse_fetch(frame: Frame) -> FetchData | None:
-    """The data of ``* n FETCH (…)``, or None when the response cannot be read as one."""
+def read_fetch(frame: Frame) -> tuple[object, object, object] | None:
+    """The three values of ``* n FETCH (…)`` — number, name, item list — as tokenised, unchecked;
+    None when the response does not tokenise."""
     try:
         reader = Reader(frame, start=1)
-        seq = reader.read()
-        name = reader.read()
-        items = reader.read()
+        return reader.read(), reader.read(), reader.read()
     except TokenError:
         return None
+
+
+def parse_fetch(frame: Frame) -> FetchData | None:
+    """The data of ``* n FETCH (…)``, or None when the response cannot be read as one."""
+    read = read_fetch(frame)
+    if read is None:
+        return None
+    seq, name, items = read
     if not isinstance(seq, Atom) or not seq.isdigit() or not isinstance(name, Atom) or name.upper() != "FETCH":
         return None
     if not isinstance(items, list) or len(items) % 2:

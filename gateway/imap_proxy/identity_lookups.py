@@ -22,10 +22,10 @@ from dataclasses import replace
 
 from gateway.audit.events import MessageRef
 from gateway.imap_proxy.audit_trail import AuditTrail, Happened
+from gateway.imap_proxy.fetch_response import read_fetch
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
 from gateway.imap_proxy.responses import Head, parse_status
-from gateway.imap_proxy.syntax import Reader, TokenError
 
 __all__ = ["IdentityLookups", "PRIME_LIMIT", "number_set"]
 
@@ -138,10 +138,10 @@ class IdentityLookups:
                 tag = self._tag("s")
                 self._search = (tag, [])
                 return [f"{tag} UID SEARCH ALL\r\n".encode()], []
-        ready = [h for h in map(self.named, self.unresolved) if h.message and h.message.message_id]
+        named = [self.named(h) for h in self.unresolved]
+        ready = [h for h in named if h.message and h.message.message_id]
         if ready:
-            self.unresolved = [h for h in map(self.named, self.unresolved)
-                               if not (h.message and h.message.message_id)]
+            self.unresolved = [h for h in named if not (h.message and h.message.message_id)]
         stale = [h for h in self.unresolved if not self._can_look_up(h)]  # another folder now
         if stale:
             self.unresolved = [h for h in self.unresolved if self._can_look_up(h)]
@@ -177,13 +177,10 @@ class IdentityLookups:
         return False
 
     def _identity(self, frame: Frame) -> bool:
-        try:
-            reader = Reader(frame, start=1)
-            seq = reader.read()
-            reader.read()  # FETCH
-            items = reader.read()
-        except TokenError:
+        read = read_fetch(frame)
+        if read is None:
             return False
+        seq, _name, items = read
         block = fetch_identity_item(items) if isinstance(items, list) else None
         if block is None:
             return False
