@@ -153,6 +153,42 @@ def test_expunge_and_move_rows_name_messages_nobody_fetched(gw, dovecot):
     assert got[3]["detail"]["to"] == "Ufficio Legale" and isinstance(got[3]["detail"]["to_uid"], int)
 
 
+def test_expunge_rows_are_the_persons_own_and_close_gets_them_too(gw, dovecot):
+    """A colleague's expunge, reported in the reply to alice's EXPUNGE, is not written as hers;
+    CLOSE, which reports nothing, still gets one row per message it removed."""
+    validity, inbox = direct_identities(gw, dovecot, "INBOX")
+    mine, theirs, closed = sorted(inbox)[:3]
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    start = len(gw.audit_events(wait_for=1))
+    colleague = dovecot.connect(gw.mailbox.address, gw.mailbox.password)
+    try:
+        c.select("INBOX")
+        assert c.uid("STORE", str(mine), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        colleague.select("INBOX")
+        assert colleague.uid("STORE", str(theirs), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        # only theirs (a plain EXPUNGE would remove alice's marked message too, and be the colleague's doing)
+        assert colleague.uid("EXPUNGE", str(theirs))[0] == "OK"  # alice learns of it with her next reply
+        typ, gone = c.expunge()
+        assert typ == "OK" and len([g for g in gone if g]) == 2  # her client sees both expunges
+        assert c.uid("STORE", str(closed), "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        assert c.close()[0] == "OK"
+        assert c.select("INBOX")[0] == "OK"
+        _, left = c.uid("SEARCH", "ALL")
+        assert closed not in [int(u) for u in left[0].split()]  # CLOSE did expunge it
+    finally:
+        colleague.logout()
+        c.logout()
+    got = rows(gw, since=start, wait_for=7)
+    assert [(r["action"], (r.get("message") or {}).get("uid"), r["detail"].get("by")) for r in got[:5]] == [
+        ("select", None, None), ("flags", mine, None), ("expunge", mine, "EXPUNGE"),
+        ("flags", closed, None), ("expunge", closed, "CLOSE")]
+    for row in got[1:5]:
+        m = row["message"]
+        assert m["uidvalidity"] == validity and m["message_id"] == inbox[m["uid"]]["MESSAGE-ID"]
+    assert theirs not in [(r.get("message") or {}).get("uid") for r in got if r["action"] == "expunge"]
+
+
 @pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")
 def test_mbsync_pull_writes_one_body_fetch_row_per_message(gw, dovecot, pki, tmp_path):
     start = len(gw.audit_events())

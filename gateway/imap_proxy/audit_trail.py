@@ -7,8 +7,13 @@ session turns into audit events for the person.
 
 Only what the provider confirmed is recorded: a SELECT counts when it is answered OK, a FETCH
 per ``* n FETCH`` that came back while the person's FETCH ran, a COPY per UID pair of its
-``[COPYUID …]``.  An EXPUNGE reply counts for the person only while their EXPUNGE, UID EXPUNGE
-or MOVE is running: the same reply at other times reports what *another* session did.
+``[COPYUID …]`` (or, at a provider without UIDPLUS, per message the COPY named).  An EXPUNGE
+reply counts for the person only while their EXPUNGE, UID EXPUNGE, MOVE or expunging CLOSE is
+running, and only for the UIDs it named (:mod:`~gateway.imap_proxy.expunge_plan` turns EXPUNGE
+and CLOSE into a ``UID EXPUNGE`` of what was marked): the same reply at other times, or about
+other messages, reports what *another* session did.  Sets are never expanded
+(:mod:`~gateway.imap_proxy.sequence_set`): ``1:*`` over any number of messages costs the
+folder's size, not the set's.
 
 Messages are named by UIDVALIDITY and UID (:class:`~gateway.imap_proxy.mailbox_view.MailboxView`
 keeps sequence numbers mapped to UIDs); the headers that identify a PEC are filled in later by
@@ -24,12 +29,15 @@ from gateway.audit.events import MessageRef
 from gateway.imap_proxy.commands import Command
 from gateway.imap_proxy.fetch_response import parse_fetch
 from gateway.imap_proxy.framing import Frame
-from gateway.imap_proxy.mailbox_view import MailboxView, parse_uid_set
+from gateway.imap_proxy.mailbox_view import MailboxView
 from gateway.imap_proxy.responses import Head, StatusResponse, parse_status
+from gateway.imap_proxy.sequence_set import SequenceSet
 
 __all__ = ["AuditTrail", "Happened"]
 
-_EXPUNGING = frozenset({"EXPUNGE"})  # MOVE's expunges are its "move" rows, not rows of their own
+#: Commands whose EXPUNGE replies are the person's doing.  MOVE's become its "move" rows (when
+#: the provider sends no COPYUID); CLOSE's come from the gateway's own ``UID EXPUNGE`` for it.
+_EXPUNGING = frozenset({"EXPUNGE", "MOVE", "CLOSE"})
 
 
 @dataclass(frozen=True)
@@ -52,21 +60,38 @@ class _Running:
     folder: str | None  # the folder it acts in (the selected one, or its argument)
     target: str | None = None  # COPY/MOVE/APPEND destination, RENAME's new name
     flags: tuple[str, str, bool] | None = None  # STORE: ("+FLAGS", "\\Seen \\Flagged", silent)
-    messages: str = ""  # STORE: the sequence or UID set
-    members: frozenset[int] | None = None  # FETCH/STORE: the numbers (or UIDs) it names; None: unknown
+    messages: str = ""  # STORE, COPY, MOVE: the sequence or UID set
+    members: SequenceSet | None = None  # the numbers (or UIDs) it names; None: unknown
     moved: list[tuple[int, int]] = field(default_factory=list)  # MOVE: (source UID, destination UID)
+    left: list[int | None] = field(default_factory=list)  # MOVE: the UIDs its EXPUNGE replies removed
+    expunging: bool = False  # CLOSE: the gateway runs an expunge for it (its replies are the person's)
 
 
-def _uid_pairs(code_data: str) -> tuple[int | None, list[tuple[int, int]]]:
-    """``[COPYUID 38505 304,319:320 3956:3958]`` → (38505, [(304, 3956), (319, 3957), (320, 3958)])."""
+def _uid_pairs(code_data: str, bound: int) -> tuple[int | None, list[tuple[int, int]]]:
+    """``[COPYUID 38505 304,319:320 3956:3958]`` → (38505, [(304, 3956), (319, 3957), (320, 3958)]).
+
+    The two sets pair up in the order written (RFC 4315 §3).  ``bound`` is how many messages
+    the folder holds: a reply naming more is not believed (and never expanded).
+    """
     parts = code_data.split()
     if len(parts) != 3 or not parts[0].isdigit():
         return None, []
     try:
-        src, dst = parse_uid_set(parts[1], limit=100_000), parse_uid_set(parts[2], limit=100_000)
+        src, dst = _in_order(parts[1], bound), _in_order(parts[2], bound)
     except ValueError:
         return int(parts[0]), []
     return int(parts[0]), list(zip(src, dst)) if len(src) == len(dst) else []
+
+
+def _in_order(text: str, bound: int) -> list[int]:
+    """A UID set's numbers in the order written (``5:3`` is 3, 4, 5); ValueError beyond ``bound``."""
+    out: list[int] = []
+    for part in text.split(","):
+        piece = SequenceSet.parse(part)
+        if len(out) + len(piece) > bound:
+            raise ValueError(f"more than {bound} UIDs")
+        out.extend(piece)
+    return out
 
 
 class AuditTrail:
@@ -99,11 +124,27 @@ class AuditTrail:
             running.target = human[0] if human else None
         elif name == "STORE":
             running.flags = _store_flags(cmd)
+        if name in ("FETCH", "STORE", "COPY", "MOVE") or (name == "EXPUNGE" and cmd.uid):
             running.messages = str(cmd.args[0]) if cmd.args else ""
-        if name in ("FETCH", "STORE") and cmd.args:
-            running.members = self._members(str(cmd.args[0]), cmd.uid)
+            running.members = self._members(running.messages, cmd.uid)
         self._running[cmd.tag] = running
         self._order.append(cmd.tag)
+
+    def expunging(self, tag: str, uids: list[int] | None) -> None:
+        """The person's EXPUNGE or CLOSE (``tag``) removes only ``uids`` (None: whatever the
+        provider reports while it runs); see :mod:`gateway.imap_proxy.expunge_plan`."""
+        running = self._running.get(tag)
+        if running is None:
+            return
+        running.expunging = True
+        if uids is not None:
+            running.uid, running.members = True, SequenceSet((u, u) for u in uids)
+
+    @property
+    def closing(self) -> bool:
+        """True while expunge replies belong to a CLOSE (the client expects none: not relayed)."""
+        running = self._oldest(_EXPUNGING)
+        return running is not None and running.name == "CLOSE" and running.expunging
 
     def _oldest(self, names: frozenset[str] | set[str]) -> _Running | None:
         for tag in self._order:
@@ -121,10 +162,7 @@ class AuditTrail:
         elif name == "FETCH" and head.number is not None:
             return self._fetched(frame)
         elif name == "EXPUNGE" and head.number is not None and self.view is not None:
-            uid = self.view.expunge(head.number)
-            running = self._oldest(_EXPUNGING)
-            if running is not None:
-                return [Happened("expunge", self.folder, self._ref(uid), {"by": running.name})]
+            return self._left([self.view.expunge(head.number)])
         elif name == "VANISHED" and self.view is not None:
             return self._vanished(frame)
         elif name == "OK":
@@ -137,7 +175,7 @@ class AuditTrail:
         elif status.code == "COPYUID":  # MOVE reports it untagged (RFC 6851 §4.3)
             running = self._oldest({"MOVE"})
             if running is not None:
-                _validity, pairs = _uid_pairs(status.code_data)
+                _validity, pairs = _uid_pairs(status.code_data, self._size())
                 running.moved.extend(pairs)
         return []
 
@@ -167,14 +205,31 @@ class AuditTrail:
         if len(text) < 3:
             return []
         try:
-            uids = parse_uid_set(text[-1], limit=100_000)
+            uids = SequenceSet.parse(text[-1])
         except ValueError:
             return []
         gone = self.view.vanished(uids) if self.view is not None else []
-        running = self._oldest(_EXPUNGING)
-        if running is None or "(EARLIER)" in (t.upper() for t in text):
+        if "(EARLIER)" in (t.upper() for t in text):
             return []
-        return [Happened("expunge", self.folder, self._ref(uid), {"by": running.name}) for uid in gone]
+        return self._left(list(gone))
+
+    def _left(self, uids: list[int | None]) -> list[Happened]:
+        """Messages removed from the folder: rows when the person's command removed them.
+
+        A command naming UIDs (UID EXPUNGE, UID MOVE, the gateway's expunge for CLOSE) owns only
+        the UIDs it named; another session's expunge reported meanwhile is not the person's.
+        """
+        running = self._oldest(_EXPUNGING)
+        if running is None:
+            return []
+        if running.uid and running.members is not None:
+            uids = [u for u in uids if u is None or u in running.members]
+        if running.name == "MOVE":
+            running.left.extend(uids)  # the move rows, if the provider sends no COPYUID
+            return []
+        if running.name == "CLOSE" and not running.expunging:
+            return []  # CLOSE itself reports nothing; only the gateway's expunge for it does
+        return [Happened("expunge", self.folder, self._ref(uid), {"by": running.name}) for uid in uids]
 
     def tagged(self, tag: str, frame: Frame) -> list[Happened]:
         """A client command's tagged reply; what it confirmed."""
@@ -214,14 +269,24 @@ class AuditTrail:
             validity, uid = _append_uid(status)
             return [Happened("append", running.target, MessageRef(validity, uid))]
         elif name == "COPY":
-            validity, pairs = _uid_pairs(status.code_data) if status.code == "COPYUID" else (None, [])
+            validity, pairs = self._copied(running, status)
             return [Happened("copy", running.folder, self._ref(src), {
                 "to": running.target, "to_uidvalidity": validity, "to_uid": dst}) for src, dst in pairs]
         elif name == "MOVE":
-            validity, pairs = (None, running.moved) if status.code != "COPYUID" else _uid_pairs(status.code_data)
+            validity, pairs = (None, running.moved) if status.code != "COPYUID" else self._copied(running, status)
+            if status.code != "COPYUID" and not running.moved:  # no UIDPLUS: what its expunges removed
+                pairs = [(src, None) for src in running.left]
             return [Happened("move", running.folder, self._ref(src), {
                 "to": running.target, "to_uid": dst}) for src, dst in pairs]
         return []
+
+    def _copied(self, running: _Running, status: StatusResponse) -> tuple[int | None, list[tuple]]:
+        """(destination UIDVALIDITY, [(source UID, destination UID)]) of a confirmed COPY or MOVE:
+        from ``[COPYUID]``, or — at a provider without UIDPLUS — the messages the command named,
+        with the destination unknown."""
+        if status.code == "COPYUID":
+            return _uid_pairs(status.code_data, self._size())
+        return None, [(src, None) for src in self._uids_of(running.messages, running.uid)]
 
     def _silent_store(self, running: _Running) -> list[Happened]:
         """``STORE … .SILENT`` sends no FETCH replies: one row per message of its set, as known."""
@@ -229,40 +294,28 @@ class AuditTrail:
         return [Happened("flags", self.folder, self._ref(uid), {"change": op, "flags": flags, "now": None})
                 for uid in self._uids_of(running.messages, running.uid)]
 
+    def _size(self) -> int:
+        """How many messages the selected folder holds (at least 1: a bound, never a count)."""
+        return max(len(self.view) if self.view is not None else 0, 1)
+
     def _uids_of(self, text: str, uid: bool) -> list[int | None]:
-        """The messages a sequence set (or UID set) names in the view; ``*`` is the last one."""
+        """The messages a sequence set (or UID set) names in the view, in folder order; however
+        large the set, the work is bounded by the folder's size."""
         view = self.view
-        if view is None or not text:
-            return []
-        known = self._known_uids()
-        numbers = self._expand(text, uid, known, limit=100_000)
-        if numbers is None:
+        members = self._members(text, uid)
+        if view is None or members is None:
             return []
         if uid:
-            present = set(known)
-            return [n for n in numbers if n in present]
-        return [view.uid_of(n) for n in numbers if n <= len(view)]
+            return list(members.among(view.uids()))
+        return [view.uid_of(n) for n in range(1, len(view) + 1) if n in members]
 
-    def _members(self, text: str, uid: bool) -> frozenset[int] | None:
+    def _members(self, text: str, uid: bool) -> SequenceSet | None:
         """The sequence numbers (or UIDs) a command's set names, ``*`` as the last one; None when
-        the set cannot be expanded here (``$``, or a range too large to list)."""
-        if self.view is None or "$" in text:
+        it cannot be known here (``$``, RFC 5182's saved result, or not a set at all)."""
+        if self.view is None or not text or "$" in text:
             return None
-        numbers = self._expand(text, uid, self._known_uids() if uid else [], limit=1_000_000)
-        return None if numbers is None else frozenset(numbers)
-
-    def _known_uids(self) -> list[int]:
-        view = self.view
-        assert view is not None
-        return [u for u in (view.uid_of(n) for n in range(1, len(view) + 1)) if u is not None]
-
-    def _expand(self, text: str, uid: bool, known: list[int], *, limit: int) -> list[int] | None:
-        """``text`` with ``*`` as the last UID (or number) of the view, expanded; None if it
-        is not a set of numbers or is over ``limit``."""
-        assert self.view is not None
-        last = (max(known) if known else 0) if uid else len(self.view)
         try:
-            return parse_uid_set(text.replace("*", str(max(last, 1))), limit=limit)
+            return SequenceSet.parse(text, last=self.view.last_uid if uid else len(self.view))
         except ValueError:
             return None
 

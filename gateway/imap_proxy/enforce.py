@@ -105,6 +105,7 @@ class Verdict:
     withdrawn: str | None = None
     end_session: bool = False
     hold: bytes | None = None  # relay nothing yet: first send this gateway command (RENAME's LIST)
+    expunges: bool = False  # a CLOSE that will expunge (read-write folder, 'e' right)
 
 
 def _flag_rights(flags: list) -> list[Right] | None:
@@ -254,10 +255,6 @@ class FolderGuard:
         self._rename = (tag.decode(), old, new, [])
         return Verdict(hold=b'%s LIST "" %s\r\n' % (tag, pattern))
 
-    def collecting(self, tag: str) -> bool:
-        """True while ``tag`` is the gateway's subfolder LIST for a held RENAME."""
-        return self._rename is not None and self._rename[0] == tag
-
     def collect(self, frame: Frame) -> None:
         """One ``* LIST`` reply to the gateway's subfolder LIST."""
         assert self._rename is not None
@@ -377,7 +374,7 @@ class FolderGuard:
         expunges = not self.read_only
         self.selected, self._select_tag, self.read_only = None, None, False
         if not expunges or decision.has(Right.EXPUNGE):
-            return Verdict()
+            return Verdict(expunges=expunges)
         if self.unselect:
             return Verdict(frame=Frame((b"%s UNSELECT\r\n" % cmd.tag.encode(),)))
         return Verdict(reply=b"%s OK CLOSE completed; nothing expunged (no 'e' right)\r\n" % cmd.tag.encode(),

@@ -26,27 +26,14 @@ from gateway.imap_proxy.fetch_response import read_fetch
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
 from gateway.imap_proxy.responses import Head, parse_status
+from gateway.imap_proxy.sequence_set import format_numbers
 
-__all__ = ["IdentityLookups", "PRIME_LIMIT", "number_set"]
+__all__ = ["IdentityLookups", "PRIME_LIMIT"]
 
 #: Identities fetched ahead after a SELECT, newest first: enough for the PEC anyone works on,
 #: bounded for folders of a hundred thousand messages (older ones are looked up when touched).
 PRIME_LIMIT = 5000
 _LOOKUP_ACTIONS = frozenset({"fetch", "flags", "copy"})  # rows whose message is still in the folder
-
-
-def number_set(numbers: list[int]) -> str:
-    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input)."""
-    runs: list[str] = []
-    start = prev = numbers[0]
-    for n in numbers[1:]:
-        if n == prev + 1:
-            prev = n
-            continue
-        runs.append(str(start) if start == prev else f"{start}:{prev}")
-        start = prev = n
-    runs.append(str(start) if start == prev else f"{start}:{prev}")
-    return ",".join(runs)
 
 
 class IdentityLookups:
@@ -159,7 +146,7 @@ class IdentityLookups:
 
     def _fetch_line(self, numbers: list[int], *, uid: bool) -> bytes:
         verb = "UID FETCH" if uid else "FETCH"
-        return f"{self._tag('i')} {verb} {number_set(numbers)} (UID {IDENTITY_ITEM})\r\n".encode()
+        return f"{self._tag('i')} {verb} {format_numbers(numbers)} (UID {IDENTITY_ITEM})\r\n".encode()
 
     # ------------------------------------------------------------------ their replies
     def untagged(self, head: Head, frame: Frame) -> bool:

@@ -16,26 +16,9 @@ ask the provider with its own ``FETCH n:m (UID)`` between client commands.
 
 from __future__ import annotations
 
-__all__ = ["MailboxView", "parse_uid_set"]
+from typing import Container
 
-
-def parse_uid_set(text: str, *, limit: int = 1_000_000) -> list[int]:
-    """``"1:3,7"`` → ``[1, 2, 3, 7]`` (RFC 3501 sequence-set of UIDs, no ``*``); raises ValueError.
-
-    ``limit`` bounds the expansion: a hostile ``1:4294967295`` must not allocate gigabytes.
-    """
-    out: list[int] = []
-    for part in text.split(","):
-        lo, sep, hi = part.partition(":")
-        a = int(lo)
-        b = int(hi) if sep else a
-        if a <= 0 or b <= 0:
-            raise ValueError(f"not a UID: {part!r}")
-        a, b = min(a, b), max(a, b)
-        if len(out) + (b - a + 1) > limit:
-            raise ValueError(f"UID set larger than {limit}")
-        out.extend(range(a, b + 1))
-    return out
+__all__ = ["MailboxView"]
 
 
 class MailboxView:
@@ -80,13 +63,22 @@ class MailboxView:
             return None
         return self._uids.pop(seq - 1)
 
-    def vanished(self, uids: list[int]) -> list[int]:
-        """``* VANISHED``: remove these UIDs; return those that were in the view."""
-        gone = set(uids)
-        present = [u for u in self._uids if u in gone]
+    def vanished(self, gone: Container[int]) -> list[int]:
+        """``* VANISHED``: remove these UIDs (a set or a :class:`SequenceSet`); return those
+        that were in the view."""
+        present = [u for u in self._uids if u is not None and u in gone]
         if present:
-            self._uids = [u for u in self._uids if u not in gone]
+            self._uids = [u for u in self._uids if u is None or u not in gone]
         return present
+
+    def uids(self) -> list[int]:
+        """The known UIDs, in sequence order."""
+        return [u for u in self._uids if u is not None]
+
+    @property
+    def last_uid(self) -> int:
+        """The largest known UID (what ``*`` means in a UID set), 0 when none is known."""
+        return max(self.uids(), default=0)
 
     def unknown(self) -> list[int]:
         """Sequence numbers whose UID is not known yet, ascending."""

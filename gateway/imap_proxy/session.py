@@ -21,7 +21,7 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
@@ -31,6 +31,7 @@ from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabil
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
+from gateway.imap_proxy.expunge_plan import plan_expunge, search_deleted
 from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.identity import IdentityCache
 from gateway.imap_proxy.identity_lookups import IdentityLookups
@@ -95,7 +96,8 @@ class ImapSession(PreauthVerbs):
         self._identities = identities if identities is not None else IdentityCache()
         self._ids: IdentityLookups | None = None  # set at login: rows waiting for message identity
         self.audit_accepting = audit_accepting  # False while the audit store cannot take rows
-        self._held: _Held | None = None  # a RENAME waiting for the gateway's LIST of its subfolders
+        self._held: _Held | None = None  # a RENAME or an expunge waiting for the gateway's own question
+        self._own_count = 0  # numbers the gateway's own expunge commands
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.starttls_available = starttls_available
@@ -179,6 +181,7 @@ class ImapSession(PreauthVerbs):
             upper = {c.upper() for c in upstream_capabilities or ()}
             access = FolderAccess(self._policy, result.person or "", result.groups, result.mailbox or "")
             self._guard = FolderGuard(access, unselect="UNSELECT" in upper)
+            self._uidplus = "UIDPLUS" in upper
             self._trail = AuditTrail(access.human)
             self._ids = IdentityLookups(self._identities, result.mailbox, self._trail, GATEWAY_TAG_PREFIX)
             self.offices = access.offices
@@ -322,10 +325,15 @@ class ImapSession(PreauthVerbs):
         if verdict.reply is not None:
             return out + self._reply(cmd, verdict.reply)
         frame = verdict.frame or cmd.frame
+        expunge = verdict.expunges or (cmd.name == "EXPUNGE" and not cmd.uid)
+        if expunge and self._uidplus:
+            verdict.hold = search_deleted(self._own_tag("x"))
         if verdict.hold is not None:
             # keep its place in the reply order; later commands wait unread until it is decided
-            self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, verdict.hold)
+            self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, verdict.hold, expunge)
             return out + self._list_for_held()
+        if expunge:  # no UIDPLUS: nothing to ask first
+            return out + self._relay_expunge(cmd, None, self.inflight.add_relayed(cmd))
         self._note_relayed(cmd)
         if cmd.name == "ID":
             self._record_client_id(cmd)
@@ -341,6 +349,20 @@ class ImapSession(PreauthVerbs):
         assert self._pacer is not None
         chunks = self._pacer.submit(cmd.tag, frame, idle=cmd.name == "IDLE")
         return out + [act.SendToUpstream(chunk) for chunk in chunks]
+
+    def _own_tag(self, kind: str) -> str:
+        self._own_count += 1
+        return f"{GATEWAY_TAG_PREFIX}{kind}{self._own_count}"
+
+    def _relay_expunge(self, cmd: Command, deleted: list[int] | None, entry: InFlightEntry) -> list:
+        """Send a person's EXPUNGE or expunging CLOSE as planned in
+        :mod:`gateway.imap_proxy.expunge_plan`, and tell the audit trail which messages it removes."""
+        assert self._guard is not None and self._pacer is not None
+        plan = plan_expunge(cmd, deleted, own_tag=self._own_tag("e"), unselect=self._guard.unselect)
+        self._note_relayed(cmd)
+        if self._trail is not None:
+            self._trail.expunging(cmd.tag, plan.uids)
+        return self._send_own(plan.own) + [act.SendToUpstream(c) for c in self._pacer.submit(cmd.tag, plan.frame)]
 
     def _apply_verdict(self, verdict: Verdict) -> list:
         """The side effects of a policy verdict: the gateway's own commands, notices, audit rows."""
@@ -452,15 +474,16 @@ class ImapSession(PreauthVerbs):
                 return [act.SendToClient(frame.raw)] + out + self._pump_client()
             return out + self._pump_client()
         if head.kind is Kind.UNTAGGED:
-            if head.name == "LIST" and self._held is not None and self._held.listing:
-                assert self._guard is not None
-                self._guard.collect(frame)  # nothing else is in flight: this is the gateway's LIST
+            if self._held is not None and self._held.listing and head.name == self._held.answer:
+                self._held.collect(frame, self._guard)  # nothing else is in flight: this answers the gateway
                 return []
             if self._ids is not None and self._ids.untagged(head, frame):
                 return []  # a reply to the gateway's own identity command
             audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
             if head.name == "EXPUNGE" and head.number is not None and self._ids is not None:
                 self._ids.expunged(head.number)
+            if head.name in ("EXPUNGE", "VANISHED") and self._trail is not None and self._trail.closing:
+                return audit  # the gateway's expunge for a CLOSE: the closing client expects none
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
                 if kept is None:
@@ -478,7 +501,7 @@ class ImapSession(PreauthVerbs):
     def _on_tagged(self, tag: str, frame: Frame) -> list:
         out: list = []
         if tag.startswith(GATEWAY_TAG_PREFIX):
-            if self._held is not None and self._guard is not None and self._guard.collecting(tag):
+            if self._held is not None and self._held.listing and tag == self._held.tag:
                 return self._decide_held(frame)
             if self._ids is not None and tag in self._ids.outstanding:
                 lines, rows = self._ids.tagged(tag, frame)
@@ -518,12 +541,16 @@ class ImapSession(PreauthVerbs):
         held.listing = True
         return self._send_own([held.list_line])
 
-    def _decide_held(self, listed: Frame) -> list:
-        """The gateway's LIST for a held RENAME is complete: relay the RENAME or answer it."""
+    def _decide_held(self, answered: Frame) -> list:
+        """The gateway's question for a held command is answered: relay the command (an expunge
+        as planned with the UIDs found), or answer it (a RENAME the subfolders forbid)."""
         assert self._held is not None and self._guard is not None and self._pacer is not None
-        cmd, entry, frame = self._held.command, self._held.entry, self._held.frame
+        held = self._held
+        cmd, entry, frame = held.command, held.entry, held.frame
         self._held = None
-        ok = parse_status(listed).status == "OK"
+        ok = parse_status(answered).status == "OK"
+        if held.expunge:
+            return self._relay_expunge(cmd, held.found if ok else None, entry) + self._pump_client()
         verdict = self._guard.rename_listed(cmd, ok)
         if verdict.reply is None:
             self._note_relayed(cmd)
@@ -616,13 +643,31 @@ class ImapSession(PreauthVerbs):
 
 @dataclass
 class _Held:
-    """A RENAME held until the gateway's own LIST of its subfolders is answered."""
+    """A command held until the gateway's own question is answered: a RENAME waits for the LIST
+    of its subfolders, an expunge for the ``UID SEARCH DELETED`` that says what it removes."""
 
     command: Command
     entry: InFlightEntry  # its place in the reply order
     frame: Frame  # what to relay if allowed
-    list_line: bytes  # the gateway's LIST
-    listing: bool = False  # the LIST has been sent (every earlier command was done)
+    list_line: bytes  # the gateway's question
+    expunge: bool = False  # an EXPUNGE or expunging CLOSE (else a RENAME)
+    listing: bool = False  # the question has been sent (every earlier command was done)
+    found: list[int] = field(default_factory=list)  # the UIDs the search found
+
+    @property
+    def tag(self) -> str:
+        return self.list_line.split(b" ", 1)[0].decode("ascii")
+
+    @property
+    def answer(self) -> str:
+        """The untagged reply that answers the question."""
+        return "SEARCH" if self.expunge else "LIST"
+
+    def collect(self, frame: Frame, guard: FolderGuard | None) -> None:
+        if self.expunge:
+            self.found.extend(int(w) for w in frame.lines[0].split()[2:] if w.isdigit())
+        elif guard is not None:
+            guard.collect(frame)
 
 
 def _client_caps(upstream: list[str]) -> list[str]:

@@ -14,10 +14,10 @@ def rows(out) -> list[tuple]:
     return [(e.action, e.folder, e.message.uid if e.message else None, e.detail) for e in audits(out)]
 
 
-def selected_lavoro(prime: bytes = b""):
+def selected_lavoro(prime: bytes = b"", caps=CAPS):
     """Lavoro selected (UIDVALIDITY 1700; UIDs 31, 35, 39); ``prime``: the identity replies the
-    provider gives to the gateway's own lookups right after the SELECT."""
-    s = logged_in(upstream_caps=CAPS)  # alice may do everything (tests/unit/policies.OPEN)
+    provider gives to the gateway's own lookups right after the SELECT; ``caps``: the provider's."""
+    s = logged_in(upstream_caps=caps)  # alice may do everything (tests/unit/policies.OPEN)
     s.client_data(b"s1 SELECT Lavoro\r\n")
     out = s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] UIDs valid\r\n"
                           b"* OK [UIDNEXT 40] Predicted next UID\r\ns1 OK [READ-WRITE] Select completed\r\n")
@@ -114,6 +114,7 @@ def test_copy_move_append_and_expunge_rows():
     out = s.upstream_data(b"* OK [COPYUID 88 31 9] Moved\r\n* 1 EXPUNGE\r\nm1 OK Move completed\r\n")
     assert rows(out) == [("move", "Lavoro", 31, {"to": "Archivio", "to_uid": 9})]  # no separate expunge row
     s.client_data(b"x1 EXPUNGE\r\n")
+    s.upstream_data(b"* SEARCH 39\r\nPECGW.x1 OK done\r\n")  # what is marked \Deleted (see expunge_plan)
     out = s.upstream_data(b"* 2 EXPUNGE\r\nx1 OK Expunge completed\r\n")  # seq 2 is now UID 39
     assert rows(out) == [("expunge", "Lavoro", 39, {"by": "EXPUNGE"})]
     s.client_data(b"a1 APPEND Archivio {3+}\r\nabc\r\n")

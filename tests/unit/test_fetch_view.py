@@ -6,7 +6,8 @@ import pytest
 
 from gateway.imap_proxy.framing import NEED_DATA, Framer
 from gateway.imap_proxy.fetch_response import FetchData, is_header_section, parse_fetch
-from gateway.imap_proxy.mailbox_view import MailboxView, parse_uid_set
+from gateway.imap_proxy.mailbox_view import MailboxView
+from gateway.imap_proxy.sequence_set import SequenceSet, format_numbers
 
 
 def frames(data: bytes, *, bytewise: bool = False):
@@ -75,12 +76,26 @@ def test_view_follows_exists_fetch_and_expunge():
     assert view.vanished([15, 99]) == [15] and view.seq_of(21) == 3
 
 
-@pytest.mark.parametrize("text,uids", [("1:3,7", [1, 2, 3, 7]), ("5:3", [3, 4, 5]), ("42", [42])])
-def test_uid_sets(text, uids):
-    assert parse_uid_set(text) == uids
+@pytest.mark.parametrize("text,uids", [("1:3,7", [1, 2, 3, 7]), ("5:3", [3, 4, 5]), ("42", [42]),
+                                       ("7,1:3,2", [1, 2, 3, 7])])
+def test_sequence_sets(text, uids):
+    assert list(SequenceSet.parse(text)) == uids
+    assert format_numbers(uids) == ",".join(
+        {"7,1:3,2": "1:3,7", "5:3": "3:5"}.get(text, text).split(","))
 
 
-@pytest.mark.parametrize("text", ["0", "1:*", "a", "1:4294967295", ""])
-def test_bad_or_huge_uid_sets_are_refused(text):
+@pytest.mark.parametrize("text", ["0", "1:*", "a", "1:4294967296", "", "1,,2", "-1", "1:2:3"])
+def test_bad_sequence_sets_are_refused(text):
     with pytest.raises(ValueError):
-        parse_uid_set(text)
+        SequenceSet.parse(text)
+
+
+def test_a_huge_set_is_never_expanded():
+    """``1:*`` in a folder of 4 billion UIDs answers membership without listing its numbers."""
+    huge = SequenceSet.parse("1:*,5", last=4_294_967_295)
+    assert len(huge) == 4_294_967_295
+    assert 4_000_000_000 in huge and 0 not in huge and 4_294_967_296 not in huge
+    assert huge.among([None, 3, 4_294_967_295]) == [3, 4_294_967_295]
+    gaps = SequenceSet.parse("10:20,30,25:26")
+    assert [n for n in range(9, 32) if n in gaps] == [*range(10, 21), 25, 26, 30]
+    assert SequenceSet.parse("*:7", last=3) is not None and 5 in SequenceSet.parse("*:7", last=3)
