@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import time
 
 import pytest
@@ -20,7 +19,6 @@ from tests.audit.conftest import Backend
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
 from tests.test_third_party_clients import mbsync_config, run_mbsync
 
-MBSYNC = shutil.which("mbsync")
 IDENTITY = "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT X-TRASPORTO X-RICEVUTA X-RIFERIMENTO-MESSAGE-ID)])"
 
 
@@ -189,7 +187,6 @@ def test_expunge_rows_are_the_persons_own_and_close_gets_them_too(gw, dovecot):
     assert theirs not in [(r.get("message") or {}).get("uid") for r in got if r["action"] == "expunge"]
 
 
-@pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")
 def test_mbsync_pull_writes_one_body_fetch_row_per_message(gw, dovecot, pki, tmp_path):
     start = len(gw.audit_events())
     cfg = mbsync_config(tmp_path / "alice.rc", port=gw.ports["implicit"], user="alice",

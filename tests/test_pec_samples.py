@@ -6,7 +6,6 @@ import datetime as dt
 import email
 import email.policy
 import re
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from email.message import EmailMessage
@@ -17,6 +16,7 @@ from gateway.demo.pec_samples import (Gestore, Invio, ROME, avviso_mancata_conse
                                       busta_anomalia, busta_trasporto, make_gestore,
                                       messaggio_ordinario, ricevuta_accettazione,
                                       ricevuta_avvenuta_consegna, sample_mailbox)
+from tests.fixtures.programs import program
 
 ADDRESS = "protocollo@pec.example.it"
 BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?!\n)")
@@ -218,12 +218,11 @@ def test_generation_is_deterministic_except_the_signature(gestore):
     assert P7S_BODY.sub(rb"\1", other["INBOX"][0]) != P7S_BODY.sub(rb"\1", first["INBOX"][0])
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_signatures_verify_and_break_on_alteration(mailbox, tmp_path):
     def verify(raw: bytes) -> bool:
         path = tmp_path / "m.eml"
         path.write_bytes(raw)
-        return subprocess.run(["openssl", "smime", "-verify", "-noverify", "-in", str(path),
+        return subprocess.run([program("openssl"), "smime", "-verify", "-noverify", "-in", str(path),
                                "-out", "/dev/null"], capture_output=True).returncode == 0
 
     signed = [raw for _, raw in all_messages(mailbox) if b"multipart/signed" in raw[:2000]]

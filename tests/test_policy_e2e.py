@@ -16,7 +16,6 @@ get around the policy — and check at Dovecot that nothing the policy forbids h
 from __future__ import annotations
 
 import imaplib
-import shutil
 
 import pytest
 
@@ -25,7 +24,6 @@ from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_tabl
 from tests.fixtures.raw_imap import RawImap
 from tests.test_third_party_clients import maildir_snapshot, mbsync_config, run_mbsync
 
-MBSYNC = shutil.which("mbsync")
 
 OFFICES = {"legale": {"groups": ["legale"]}, "acquisti": {"groups": ["acquisti"]}}
 RULES = [
@@ -105,7 +103,6 @@ def test_each_person_lists_exactly_the_folders_the_policy_allows(gw):
         bruno.logout()
 
 
-@pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")
 def test_mbsync_per_person_syncs_exactly_the_allowed_folders(gw, pki, tmp_path):
     folders = gw.mailbox.folders
     for person, expected in (("alice", {"INBOX", "Ricevute", "Ufficio Legale"}),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import pytest
 
 from gateway.secret import Secret
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
+from tests.fixtures.programs import program
 
-MBSYNC = shutil.which("mbsync")
-CURL = shutil.which("curl")
 
 
 @pytest.fixture
@@ -73,7 +71,7 @@ SyncState *
 
 
 def run_mbsync(config: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([MBSYNC, "-c", str(config), *args, "sync"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([program("mbsync"), "-c", str(config), *args, "sync"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return proc
 
@@ -97,7 +95,6 @@ def maildir_snapshot(root: Path) -> dict[str, list[tuple[bytes, str]]]:
     return out
 
 
-@pytest.mark.skipif(MBSYNC is None, reason="mbsync is installed by scripts/test (isync)")
 def test_mbsync_through_gateway_is_byte_identical_to_direct(gw, dovecot, pki, tmp_path):
     mailbox = gw.mailbox
     direct_cfg = mbsync_config(tmp_path / "direct.rc", port=dovecot.port, user=mailbox.address,
@@ -128,13 +125,12 @@ def test_mbsync_through_gateway_is_byte_identical_to_direct(gw, dovecot, pki, tm
     d.logout()
 
 
-@pytest.mark.skipif(CURL is None, reason="curl is installed by scripts/test")
 def test_curl_fetch_through_gateway_equals_direct(gw, dovecot, pki):
     mailbox = gw.mailbox
 
     def curl(port: int, user: str, password: str, url_path: str) -> bytes:
         proc = subprocess.run(
-            [CURL, "--silent", "--show-error", "--cacert", str(pki.ca_cert), "--user", f"{user}:{password}",
+            [program("curl"), "--silent", "--show-error", "--cacert", str(pki.ca_cert), "--user", f"{user}:{password}",
              f"imaps://localhost:{port}/{url_path}"],
             capture_output=True, timeout=60, env={**os.environ, "LC_ALL": "C"})
         assert proc.returncode == 0, proc.stderr.decode()
