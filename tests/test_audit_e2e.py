@@ -9,11 +9,14 @@ gateway's JSON-lines copy and checked to be, one for one, in the store, whose ch
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import re
 import time
 
 import pytest
 
+from gateway.pec.daticert import parse_daticert
 from gateway.secret import Secret
 from tests.audit.conftest import Backend
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
@@ -185,6 +188,43 @@ def test_expunge_rows_are_the_persons_own_and_close_gets_them_too(gw, dovecot):
         m = row["message"]
         assert m["uidvalidity"] == validity and m["message_id"] == inbox[m["uid"]]["MESSAGE-ID"]
     assert theirs not in [(r.get("message") or {}).get("uid") for r in got if r["action"] == "expunge"]
+
+
+def daticert_identificativo(dovecot, mailbox, uid: int) -> str:
+    """The identificativo in a message's daticert.xml, read directly from Dovecot."""
+    d = dovecot.connect(mailbox.address, mailbox.password)
+    try:
+        d.select("INBOX", readonly=True)
+        _, data = d.uid("FETCH", str(uid), "(BODY.PEEK[])")
+        message = email.message_from_bytes(data[0][1], policy=email.policy.default)
+        xml = next(p.get_content() for p in message.walk() if p.get_filename() == "daticert.xml")
+        return parse_daticert(xml if isinstance(xml, bytes) else xml.encode()).identificativo
+    finally:
+        d.logout()
+
+
+def test_a_receipts_row_carries_the_identificativo_from_its_daticert(gw, dovecot):
+    """A receipt's Message-ID is the provider's own; the identificativo auditors search by is
+    only in its daticert.xml, which the gateway reads on its own (the client sees nothing)."""
+    _validity, inbox = direct_identities(gw, dovecot, "INBOX")
+    receipts = sorted(uid for uid, h in inbox.items() if "X-RICEVUTA" in h)
+    assert receipts, "the test mailbox holds receipts"
+    expected = {uid: daticert_identificativo(dovecot, gw.mailbox, uid) for uid in receipts}
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    start = len(gw.audit_events(wait_for=1))
+    try:
+        c.select("INBOX", readonly=True)
+        typ, data = c.uid("FETCH", ",".join(map(str, receipts)), "(FLAGS)")
+        assert typ == "OK" and len(data) == len(receipts)  # exactly the replies asked for
+    finally:
+        c.logout()
+    got = [r for r in rows(gw, since=start, wait_for=len(receipts) + 2) if r["action"] == "fetch"]
+    assert {r["message"]["uid"]: r["message"]["pec_id"] for r in got} == {
+        uid: f"<{ident}>" for uid, ident in expected.items()}
+    for r in got:
+        assert r["message"]["pec_kind"] == inbox[r["message"]["uid"]]["X-RICEVUTA"]
+        assert r["message"]["message_id"] == inbox[r["message"]["uid"]]["MESSAGE-ID"]
 
 
 def test_mbsync_pull_writes_one_body_fetch_row_per_message(gw, dovecot, pki, tmp_path):

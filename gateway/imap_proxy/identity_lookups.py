@@ -10,7 +10,10 @@ is in flight, so every reply in between is the gateway's), and passes on the rep
   ``UID FETCH`` of the identity headers of the messages not yet in the cache — the most recent
   :data:`PRIME_LIMIT` of them.  Rows about messages that leave the folder (EXPUNGE, MOVE) are
   then named even if nobody fetched those messages first;
-* **lookups** for rows that still miss an identity (a message that arrived after the SELECT).
+* **lookups** for rows that still miss an identity (a message that arrived after the SELECT);
+* for the receipts among the messages just identified, their **daticert.xml**, which alone
+  carries the identificativo of the message they certify
+  (:mod:`gateway.imap_proxy.receipt_identity`).
 
 A row is never dropped: whatever cannot be looked up is written with what is known, and every
 waiting row is written when the session ends (:meth:`flush`).
@@ -25,6 +28,7 @@ from gateway.imap_proxy.audit_trail import AuditTrail, Happened
 from gateway.imap_proxy.fetch_response import read_fetch
 from gateway.imap_proxy.framing import Frame
 from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
+from gateway.imap_proxy.receipt_identity import is_receipt, located_part, part_identificativo, part_line, structure_line
 from gateway.imap_proxy.responses import Head, parse_status
 from gateway.imap_proxy.sequence_set import format_numbers
 
@@ -45,6 +49,9 @@ class IdentityLookups:
         self.outstanding: set[str] = set()
         self.prime_wanted = False
         self._search: tuple[str, list[int]] | None = None  # our UID SEARCH ALL and its UIDs
+        self._receipts: list[int] = []  # UIDs just identified as receipts: their daticert is next
+        self._structures: tuple[str, dict] | None = None  # our BODYSTRUCTURE fetch: UID -> part
+        self._parts: dict[str, tuple[str, str]] = {}  # our part fetches: tag -> (section, encoding)
         self._count = 0
 
     @property
@@ -160,8 +167,36 @@ class IdentityLookups:
                 self.trail.view.assign(self._search[1])
             return True
         if head.name == "FETCH" and self.outstanding:
-            return self._identity(frame)
+            return self._identity(frame) or self._receipt_reply(frame)
         return False
+
+    def _receipt_reply(self, frame: Frame) -> bool:
+        """A reply to the gateway's BODYSTRUCTURE or daticert fetch (see receipt_identity)."""
+        read = read_fetch(frame)
+        if read is None:
+            return False
+        items = read[2]
+        if self._structures is not None and (found := located_part(items)) is not None:
+            uid, part = found
+            if uid is not None and part is not None:
+                self._structures[1][uid] = part
+            return True  # with or without a daticert: the answer to the gateway's question
+        for section, encoding in self._parts.values():
+            got = part_identificativo(items, section, encoding)
+            if got is not None:
+                self._learn_identificativo(*got)
+                return True
+        return False
+
+    def _learn_identificativo(self, uid: int | None, identificativo: str | None) -> None:
+        view = self.trail.view
+        if view is None or uid is None or identificativo is None:
+            return
+        key = self._key(self.trail.folder, MessageRef(view.uidvalidity, uid))
+        ref = self.cache.get(key)
+        if ref is not None:
+            pec_id = identificativo if identificativo.startswith("<") else f"<{identificativo}>"
+            self.cache.put(key, replace(ref, pec_id=pec_id))  # written like a busta's Message-ID
 
     def _identity(self, frame: Frame) -> bool:
         read = read_fetch(frame)
@@ -178,6 +213,8 @@ class IdentityLookups:
             view.learn(int(seq), uid)
             ref = identity_from_headers(block, view.uidvalidity, uid)
             self.cache.put(self._key(self.trail.folder, ref), ref)
+            if is_receipt(ref):
+                self._receipts.append(uid)
         return True
 
     def tagged(self, tag: str, frame: Frame) -> tuple[list[bytes], list[Happened]]:
@@ -193,6 +230,31 @@ class IdentityLookups:
                     self._key(self.trail.folder, MessageRef(view.uidvalidity, u))) is None]
                 if missing:
                     return [self._fetch_line(missing[-PRIME_LIMIT:], uid=True)], []
+        ok = parse_status(frame).status == "OK"
+        if self._structures is not None and self._structures[0] == tag:
+            found = self._structures[1] if ok else {}
+            self._structures = None
+            lines = self._part_lines(found)
+            return (lines, []) if lines else ([], self.flush())
+        self._parts.pop(tag, None)
         if self.outstanding:
             return [], []
+        if self._receipts and self.trail.view is not None:  # identified: now the receipts' daticert
+            tag = self._tag("b")
+            self._structures = (tag, {})
+            uids, self._receipts = sorted(set(self._receipts)), []
+            return [structure_line(tag, uids)], []
+        self._receipts = []
         return [], self.flush()  # asked once: what is still unknown is written as it is
+
+    def _part_lines(self, found: dict) -> list[bytes]:
+        """One fetch per distinct daticert section (most receipts of a provider share one)."""
+        by_section: dict[tuple[str, str], list[int]] = {}
+        for uid, part in found.items():
+            by_section.setdefault((part.section, part.encoding), []).append(uid)
+        lines = []
+        for (section, encoding), uids in sorted(by_section.items()):
+            tag = self._tag("d")
+            self._parts[tag] = (section, encoding)
+            lines.append(part_line(tag, sorted(uids), section))
+        return lines

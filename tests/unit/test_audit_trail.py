@@ -16,7 +16,8 @@ def rows(out) -> list[tuple]:
 
 def selected_lavoro(prime: bytes = b"", caps=CAPS):
     """Lavoro selected (UIDVALIDITY 1700; UIDs 31, 35, 39); ``prime``: the identity replies the
-    provider gives to the gateway's own lookups right after the SELECT; ``caps``: the provider's."""
+    provider gives to the gateway's own lookups right after the SELECT (for receipts among
+    them, it then says it found no daticert.xml); ``caps``: the provider's."""
     s = logged_in(upstream_caps=caps)  # alice may do everything (tests/unit/policies.OPEN)
     s.client_data(b"s1 SELECT Lavoro\r\n")
     out = s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] UIDs valid\r\n"
@@ -28,6 +29,9 @@ def selected_lavoro(prime: bytes = b"", caps=CAPS):
     assert sent(out) == b""
     assert sent(out, act.SendToUpstream) == b"PECGW.i2 UID FETCH 31,35,39 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     out = s.upstream_data(prime + b"PECGW.i2 OK Fetch completed\r\n")
+    if b"X-Ricevuta" in prime:  # a receipt: the gateway asks where its daticert.xml is
+        assert sent(out, act.SendToUpstream).startswith(b"PECGW.b3 UID FETCH ")
+        out = s.upstream_data(b"PECGW.b3 OK Fetch completed\r\n")
     assert sent(out) == b"" and not s.reading_paused
     return s
 
@@ -72,6 +76,9 @@ def test_a_message_arriving_later_is_looked_up_when_touched():
     assert sent(out, act.SendToUpstream) == b"PECGW.i3 FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     out = s.upstream_data(identity(4, 40, RICEVUTA) + b"PECGW.i3 OK done\r\n")
     assert sent(out) == b""  # ... which the client never sees
+    # a receipt: where is its daticert.xml? (none here: the row is written as it is)
+    assert sent(out, act.SendToUpstream) == b"PECGW.b4 UID FETCH 40 (UID BODYSTRUCTURE)\r\n"
+    out = s.upstream_data(b"PECGW.b4 OK done\r\n")
     (event,) = audits(out)
     assert (event.action, event.message.uid, event.message.message_id, event.detail) == (
         "fetch", 40, "<r1@pec.example.it>", {"content": "body", "items": ["BODY[]"]})

@@ -111,9 +111,9 @@ def test_pipelined_copy_after_select_names_the_new_folder():
     s.client_data(b"s2 SELECT Archivio\r\nc1 UID COPY 7 Lavoro\r\n")
     s.upstream_data(b"* 1 EXISTS\r\n* OK [UIDVALIDITY 88] x\r\ns2 OK [READ-WRITE] done\r\n")
     out = s.upstream_data(b"c1 OK [COPYUID 1700 7 40] Copy completed\r\n")
-    assert sent(out, act.SendToUpstream).startswith(b"PECGW.s3 UID SEARCH ALL")  # Archivio is mapped first
-    out = s.upstream_data(b"* SEARCH 7\r\nPECGW.s3 OK done\r\n")
-    out = s.upstream_data(identity(1, 7, b"Message-ID: <a7@x>\r\n\r\n") + b"PECGW.i4 OK done\r\n")
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.s4 UID SEARCH ALL")  # Archivio is mapped first
+    out = s.upstream_data(b"* SEARCH 7\r\nPECGW.s4 OK done\r\n")
+    out = s.upstream_data(identity(1, 7, b"Message-ID: <a7@x>\r\n\r\n") + b"PECGW.i5 OK done\r\n")
     (event,) = [e for e in audits(out) if e.action == "copy"]
     assert (event.folder, event.message.uidvalidity, event.message.uid, event.message.message_id) == (
         "Archivio", 88, 7, "<a7@x>")
@@ -129,7 +129,7 @@ def test_a_waiting_row_follows_an_expunge_and_stays_in_its_folder():
     assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 31\r\n"
     out = s.upstream_data(b"* 1 EXPUNGE\r\nx1 OK done\r\n")
     # the fetched message was number 4; after the expunge it is number 3
-    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i3 FETCH 3 ")
-    out = s.upstream_data(identity(3, 41, b"Message-ID: <m41@x>\r\n\r\n") + b"PECGW.i3 OK done\r\n")
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i4 FETCH 3 ")
+    out = s.upstream_data(identity(3, 41, b"Message-ID: <m41@x>\r\n\r\n") + b"PECGW.i4 OK done\r\n")
     (event,) = [e for e in audits(out) if e.action == "fetch"]
     assert (event.message.uid, event.message.message_id) == (41, "<m41@x>")

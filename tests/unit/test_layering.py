@@ -31,6 +31,7 @@ PURE_MODULES = [
     "gateway.imap_proxy.expunge_plan",
     "gateway.imap_proxy.sequence_set",
     "gateway.imap_proxy.bodystructure",
+    "gateway.imap_proxy.receipt_identity",
     "gateway.pec.daticert",
     "gateway.login",
     "gateway.access",
