@@ -53,6 +53,7 @@ COLUMNS = (
     "pec_id", "pec_ref",
 )
 INT_COLUMNS = frozenset({"msg_uidvalidity", "msg_uid"})
+_COLUMN_SET = frozenset(COLUMNS)
 
 _MESSAGE_FIELDS = {  # column -> MessageRef attribute
     "msg_uidvalidity": "uidvalidity", "msg_uid": "uid", "message_id": "message_id",
@@ -71,8 +72,28 @@ def iso_utc(when: _dt.datetime) -> str:
 _ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def _one_shot_encoder():
+    """The C encoder behind ``_ENCODER``, built once.  ``JSONEncoder.encode`` builds it again on
+    every call, which costs more than encoding a row; the output is the same (a test compares)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return None
+    try:
+        encoder = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+        probe = {"b": ["é\x00\n", 1, 2.5, None, True], "a": {"z": "\u2013"}}
+        same = "".join(encoder(probe, 0)) == _ENCODER.encode(probe)
+    except Exception:  # noqa: BLE001 - another Python's private signature: use the public path
+        return None
+    return encoder if same else None
+
+
+_C_ENCODER = _one_shot_encoder()
+
+
 def _json(value: Any) -> str:
-    return _ENCODER.encode(value)
+    if _C_ENCODER is None or not isinstance(value, (dict, list)):
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def _text(value: str | None) -> str | None:
@@ -84,6 +105,8 @@ def _text(value: str | None) -> str | None:
     value = str(value)
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
+    if value.isascii():  # nearly every value: no surrogate possible, skip the trial encoding
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -119,6 +142,8 @@ def canonical(row: dict[str, Any]) -> bytes:
     """Deterministic bytes of a row's content: the :data:`COLUMNS` only (never ``seq``,
     ``prev_hash``, ``hash``), as compact JSON with sorted keys.  A column missing from ``row``
     counts as None."""
+    if row.keys() == _COLUMN_SET:  # a row from row_from_event or a store: the keys sort alike
+        return _json(row).encode("utf-8")
     return _json({column: row.get(column) for column in COLUMNS}).encode("utf-8")
 
 

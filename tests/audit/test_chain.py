@@ -45,3 +45,17 @@ def test_sqlite_files_are_private(tmp_path):
     for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
         assert oct((tmp_path / "a" / name).stat().st_mode & 0o777) == "0o600", name
     store.close()
+
+
+def test_canonical_bytes_are_those_of_the_standard_json_encoder():
+    """The encoder is built once for speed; its bytes must stay those every chain was hashed
+    with (sorted keys, compact separators, UTF-8 as is, control characters escaped)."""
+    import json
+
+    reference = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    row = row_from_event(event(2, offices=("Uff. è", "a\tb"), detail={"z": [1, 2.5, None, True],
+                                                                     "a": 'quote" back\\ nul\x00 nl\n ✓'}))
+    row["subject"] = "POSTA CERTIFICATA: \u2013 \U0001F4E7 \x1b[31m"
+    assert canonical(row) == reference.encode({c: row[c] for c in COLUMNS}).encode("utf-8")
+    assert row["offices"] == reference.encode(["Uff. è", "a\tb"])
+    assert row["detail"] == reference.encode({"z": [1, 2.5, None, True], "a": 'quote" back\\ nul\x00 nl\n ✓'})
