@@ -3,6 +3,8 @@
 Every verb opens the store ``[audit]`` configures (SQLite file or PostgreSQL), through the vault
 (the chain key, and the PostgreSQL password if one is named).  ``verify`` and ``prune`` need the
 chain key and say so when the vault has none; ``query`` and ``message`` only read rows.
+``verify``, ``query`` and ``message`` open the store read-only, so an auditor with nothing but
+read access (a 0444 file, a SELECT-only role) can run them; only ``prune`` writes.
 
 Times on the command line are ISO 8601 (``2026-03-03``, ``2026-03-03T10:00``,
 ``2026-03-03T10:00:00+01:00``); without an offset they are UTC, like every time printed here.
@@ -21,7 +23,7 @@ from gateway.cli_error import CliError
 from gateway.config import GatewayConfig, load_config
 
 __all__ = ["cmd_audit_verify", "cmd_audit_query", "cmd_audit_message", "cmd_audit_prune",
-           "add_parsers", "parse_time"]
+           "add_parsers", "parse_head", "parse_time"]
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -42,8 +44,10 @@ def parse_time(text: str, option: str) -> _dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=_dt.timezone.utc)
 
 
-def _open(args, *, need_key: bool):
-    """``(config, store)``; with ``need_key`` the real chain key, else any key (reads only)."""
+def _open(args, *, need_key: bool, read_only: bool = True):
+    """``(config, store)``; with ``need_key`` the real chain key, else any key (reads only).
+    ``read_only=False`` is for ``prune``, which writes to an existing trail but must not create
+    an empty one where the configuration points at none."""
     from gateway.app import open_vault
     from gateway.audit.setup import ChainKeyMissing, chain_key, open_store
 
@@ -55,10 +59,10 @@ def _open(args, *, need_key: bool):
         if need_key:
             raise
         key = b"read-only: rows are not written with this key"
-    if config.audit.store == "sqlite" and not config.audit.sqlite_path.exists():
+    if not read_only and config.audit.store == "sqlite" and not config.audit.sqlite_path.exists():
         raise CliError(f"{config.source}: audit.sqlite_path: {config.audit.sqlite_path} does not exist "
                        "(the gateway creates it at its first start)")
-    return config, open_store(config, vault, key)
+    return config, open_store(config, vault, key, read_only=read_only)
 
 
 def _run(store, work: Callable[[], Any]) -> Any:
@@ -76,22 +80,52 @@ def _run(store, work: Callable[[], Any]) -> Any:
 
 
 # -- verify -------------------------------------------------------------------------------------
-def cmd_audit_verify(args) -> int:
-    _config, store = _open(args, need_key=True)
-    report = _run(store, store.verify)
-    if report.ok:
-        if report.rows == 0:
-            print("OK: the audit trail is empty")
-        else:
-            print(f"OK: {report.rows} rows, seq {report.first_seq}..{report.last_seq}, chain intact; "
-                  f"last hash {report.last_hash.hex()}")
-        return 0
-    print(f"{len(report.problems)} problem(s) in {report.rows} rows, seq {report.first_seq}.."
-          f"{report.last_seq}:")
+def parse_head(text: str) -> tuple[int, bytes]:
+    """``SEQ:HASH`` as ``verify`` prints it (the last seq, and its hash in hex)."""
+    seq, _, digest = text.strip().partition(":")
+    try:
+        head = int(seq), bytes.fromhex(digest)
+    except ValueError:
+        head = (0, b"")
+    if head[0] < 1 or len(head[1]) != 32:
+        raise CliError(f"--expect-head: {text!r} is not SEQ:HASH (a seq and its 64-hex-digit hash, "
+                       "as 'pecgw audit verify' prints them)")
+    return head
+
+
+def _verify_ok(report) -> None:
+    if report.rows == 0:
+        print("OK: the audit trail is empty")
+    else:
+        head = f"{report.last_seq}:{report.last_hash.hex()}"
+        print(f"OK: {report.rows} rows, seq {report.first_seq}..{report.last_seq}, chain intact; "
+              f"last hash {report.last_hash.hex()}")
+        print(f"keep the head to prove later that no row was cut off the end: --expect-head {head}")
+    if report.checkpoint:
+        print(report.checkpoint)
+
+
+def _verify_problems(report) -> None:
+    where = f", seq {report.first_seq}..{report.last_seq}" if report.rows else ""
+    print(f"{len(report.problems)} problem(s) in {report.rows} rows{where}:")
     for problem in report.problems:
         print(problem)
-    if report.hint:
-        print(report.hint)
+    for note in (report.checkpoint, report.hint):
+        if note:
+            print(note)
+
+
+def cmd_audit_verify(args) -> int:
+    """Walk the chain; exit 1 naming each problem.  Rows cut off the end of a chain leave no
+    trace in it (the row before them is then an intact end): only a head kept from an earlier
+    run, given back as ``--expect-head``, shows them."""
+    expect_head = parse_head(args.expect_head) if args.expect_head else None
+    _config, store = _open(args, need_key=True)
+    report = _run(store, lambda: store.verify(expect_head))
+    if report.ok:
+        _verify_ok(report)
+        return 0
+    _verify_problems(report)
     return 1
 
 
@@ -216,7 +250,7 @@ def cmd_audit_message(args) -> int:
 # -- prune -----------------------------------------------------------------------------------------
 def cmd_audit_prune(args) -> int:
     before = parse_time(args.before, "--before")
-    config, store = _open(args, need_key=True)
+    config, store = _open(args, need_key=True, read_only=False)
     where = (config.audit.sqlite_path if config.audit.store == "sqlite"
              else f"PostgreSQL schema {config.audit.postgresql_schema}")
     if not args.yes:
@@ -245,12 +279,15 @@ def add_parsers(sub, with_config) -> None:
     """``pecgw audit ...`` under the top-level subparsers ``sub``."""
     audit = sub.add_parser("audit", help="verify, query and prune the audit trail")
     asub = audit.add_subparsers(dest="audit_cmd", required=True)
-    with_config(asub.add_parser(
+    av = with_config(asub.add_parser(
         "verify", help="check the hash chain; exit 1 naming each altered, moved or missing row",
         description="Walks the whole chain with the key from the vault. Prints OK with the row count, "
-                    "the last seq and its hash (keep it elsewhere: rows cut off the end are only seen "
-                    "against such a checkpoint), or each problem on its own line.")).set_defaults(
-        func=cmd_audit_verify)
+                    "the last seq and its hash, or each problem on its own line. Rows cut off the end "
+                    "of the chain leave no trace in it: keep the head OK prints (SEQ:HASH) elsewhere "
+                    "and pass it back with --expect-head to prove that no row up to it was cut."))
+    av.add_argument("--expect-head", dest="expect_head", metavar="SEQ:HASH",
+                    help="a head printed by an earlier verify: the chain must still reach SEQ, with HASH there")
+    av.set_defaults(func=cmd_audit_verify)
 
     aq = with_config(asub.add_parser("query", help="rows matching all filters given, oldest first"))
     aq.add_argument("--person")

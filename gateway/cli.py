@@ -96,6 +96,13 @@ def cmd_check_config(args) -> int:
 
     for line in unused_mailboxes(config, policy):
         print(f"warning: {line}")
+    from gateway.audit.check import check_audit
+
+    audit_lines, audit_warnings = check_audit(config, vault)
+    for line in audit_lines:
+        print(line)
+    for line in audit_warnings:
+        print(f"warning: {line}")
     print(f"{config.source}: OK ({len(config.mailboxes)} mailboxes, {len(policy.offices)} offices)")
     return 0
 

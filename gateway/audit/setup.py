@@ -21,7 +21,8 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.secret import Secret
 from gateway.vault import Vault
 
-__all__ = ["ChainKeyMissing", "build_sink", "chain_key", "ensure_chain_key", "open_store"]
+__all__ = ["ChainKeyMissing", "build_sink", "chain_key", "ensure_chain_key", "open_store",
+           "postgres_conninfo"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def ensure_chain_key(config: GatewayConfig, vault: Vault) -> bytes:
     return key
 
 
-def _conninfo(config: GatewayConfig, vault: Vault) -> str:
+def postgres_conninfo(config: GatewayConfig, vault: Vault) -> str:
+    """The DSN with the vaulted password added, if ``postgresql_password_vault_key`` names one."""
     from psycopg.conninfo import make_conninfo
 
     audit = config.audit
@@ -86,9 +88,15 @@ def _conninfo(config: GatewayConfig, vault: Vault) -> str:
     return make_conninfo(audit.postgresql_dsn, password=password.reveal())
 
 
-def open_store(config: GatewayConfig, vault: Vault, key: bytes) -> Any:
+def open_store(config: GatewayConfig, vault: Vault, key: bytes, *, read_only: bool = False) -> Any:
     """The configured store; a store that cannot be opened is a :class:`ConfigError` naming the
-    key to check (psycopg's message names host, port and user, never the password)."""
+    key to check (psycopg's message names host, port and user, never the password).
+
+    ``read_only`` is for auditors (``pecgw audit query|message|verify``): nothing is created or
+    written, so read access to the file or a SELECT-only role is enough, and a trail that is not
+    there is an error rather than a new empty store."""
+    from gateway.audit.store import StoreMissing
+
     audit = config.audit
     if audit.store == "sqlite":
         import sqlite3
@@ -96,7 +104,10 @@ def open_store(config: GatewayConfig, vault: Vault, key: bytes) -> Any:
         from gateway.audit.sqlite_store import SqliteStore
 
         try:
-            return SqliteStore(audit.sqlite_path, key)
+            return SqliteStore(audit.sqlite_path, key, read_only=read_only)
+        except StoreMissing as exc:
+            raise ConfigError(config.source, "audit.sqlite_path",
+                              f"{exc} (the gateway creates it at its first start)") from None
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(config.source, "audit.sqlite_path",
                               f"cannot open {audit.sqlite_path}: {exc}") from None
@@ -105,7 +116,11 @@ def open_store(config: GatewayConfig, vault: Vault, key: bytes) -> Any:
     from gateway.audit.postgres_store import PostgresStore
 
     try:
-        return PostgresStore(_conninfo(config, vault), key, schema=audit.postgresql_schema)
+        return PostgresStore(postgres_conninfo(config, vault), key, schema=audit.postgresql_schema,
+                             read_only=read_only)
+    except StoreMissing as exc:
+        raise ConfigError(config.source, "audit.postgresql_schema",
+                          f"{exc} (the gateway creates it at its first start)") from None
     except psycopg.Error as exc:
         raise ConfigError(config.source, "audit.postgresql_dsn",
                           f"cannot open the audit store: {' '.join(str(exc).split())}") from None

@@ -5,6 +5,11 @@ purpose: a writer task calls it through :func:`asyncio.to_thread`, one call at a
 relay never waits for the database.  Every store behaves the same (the test suite runs against
 each): ``append`` one transaction per batch, ``verify`` reports every problem, ``prune`` keeps
 the chain verifiable through an anchor row, ``query`` filters for auditors.
+
+A store opened with ``read_only=True`` is for auditors, who may hold no more than read access
+(a 0444 SQLite file in a folder they cannot write, a PostgreSQL role with only SELECT): it
+creates nothing, never writes, and raises :class:`StoreMissing` when there is no trail to read
+instead of starting an empty one; ``append`` and ``prune`` raise :class:`PermissionError`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from gateway.audit.chain import COLUMNS, iso_utc, link, row_from_event
 from gateway.audit.events import AuditEvent
 from gateway.audit.verify import VerifyReport
 
-__all__ = ["AuditStore", "FILTERS", "INDEXES", "chained", "decode", "q", "when_text", "where"]
+__all__ = ["AuditStore", "FILTERS", "INDEXES", "StoreMissing", "chained", "decode", "q", "read_only_error",
+           "when_text", "where"]
 
 #: ``query`` keyword filters.  ``since`` is inclusive, ``until`` exclusive; ``office`` matches
 #: rows whose ``offices`` list contains it.
@@ -36,13 +42,23 @@ INDEXES = {
 }
 
 
+class StoreMissing(LookupError):
+    """A read-only open found no audit trail (no file, no table) where the configuration says."""
+
+
+def read_only_error(what: str) -> PermissionError:
+    """What ``append`` and ``prune`` raise on a store opened read-only."""
+    return PermissionError(f"the audit store was opened read-only: cannot {what}")
+
+
 class AuditStore(Protocol):
     def append(self, events: list[AuditEvent]) -> int:
         """Chain and insert ``events`` in one transaction; returns the last ``seq`` (the current
         last ``seq`` when ``events`` is empty, 0 for an empty store)."""
 
-    def verify(self) -> VerifyReport:
-        """Walk the whole chain in ``seq`` order; see :mod:`gateway.audit.verify`."""
+    def verify(self, expect_head: tuple[int, bytes] | None = None) -> VerifyReport:
+        """Walk the whole chain in ``seq`` order, checking it still reaches ``expect_head`` if
+        given; see :mod:`gateway.audit.verify`."""
 
     def prune(self, before: _dt.datetime) -> int:
         """Delete the oldest rows written before ``before``, behind an anchor; returns how many."""

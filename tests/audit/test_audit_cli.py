@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
 import io
 import json
 import logging
-import os
-import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from gateway.audit.setup import ChainKeyMissing, chain_key, ensure_chain_key, open_store
-from gateway.config import load_config
-from gateway.vault import Vault
-from tests.audit.conftest import T0, event
-from tests.fixtures.gateway import write_gateway_config
-
-ROOT = Path(__file__).resolve().parents[2]
-PECGW = [sys.executable, "-m", "gateway.cli"]
+from tests.audit.conftest import T0, Trail, event, swap
 
 PEC = dict(uidvalidity=1700000000, uid=7, message_id="<opec1@pec.example.it>",
            subject="POSTA CERTIFICATA: Udienza del 3 marzo", sender="posta-certificata@pec.example.it",
@@ -45,47 +33,10 @@ EVENTS = [
 ]
 
 
-class Trail:
-    def __init__(self, tmp_path: Path) -> None:
-        self.dir = tmp_path
-        key = os.urandom(32)
-        self.env = {**os.environ, "PECGW_AUDIT_TEST_VAULT_KEY": base64.urlsafe_b64encode(key).decode()}
-        self.vault = Vault(tmp_path / "vault.json", key)
-        self.config_path = write_gateway_config(tmp_path / "gateway.toml", {
-            "imap": {"listen_tls": ["127.0.0.1:0"], "insecure_plaintext_login": True},
-            "auth": {"backend": "static", "users_file": "users.toml"},
-            "vault": {"path": "vault.json", "key_env": "PECGW_AUDIT_TEST_VAULT_KEY"},
-            "audit": {},
-            "policy": {"file": "policy.toml"},
-            "mailboxes": {"protocollo": {"address": "p@pec.example.it",
-                                         "imap": {"host": "localhost", "username": "p"}}},
-        })
-        self.config = load_config(self.config_path)
-        self.db = self.config.audit.sqlite_path
-
-    def fill(self, events=EVENTS) -> None:
-        store = open_store(self.config, self.vault, ensure_chain_key(self.config, self.vault))
-        store.append(list(events))
-        store.close()
-
-    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        verb, *rest = args
-        return subprocess.run([*PECGW, "audit", verb, "--config", str(self.config_path), *rest],
-                              input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT,
-                              env=self.env)
-
-    def sql(self, *statements: str) -> None:
-        db = sqlite3.connect(self.db)
-        with db:
-            for s in statements:
-                db.execute(s)
-        db.close()
-
-
 @pytest.fixture
 def trail(tmp_path):
     t = Trail(tmp_path)
-    t.fill()
+    t.fill(EVENTS)
     return t
 
 
@@ -130,6 +81,58 @@ def test_verify_names_each_altered_deleted_and_swapped_row(trail):
                          "seq 3: missing (rows deleted)",
                          "seq 5: moved (this row was written as seq 6)",
                          "seq 6: moved (this row was written as seq 5)"]
+
+
+@pytest.fixture
+def any_trail(backend, tmp_path):
+    """The trail of :data:`EVENTS` in each store, SQLite and PostgreSQL."""
+    t = Trail(tmp_path, backend.audit_table())
+    t.fill(EVENTS)
+    return t
+
+
+def test_verify_names_a_swap_of_the_last_two_rows_like_any_other(any_trail, backend):
+    backend.sql("UPDATE audit SET subject = 'Altro oggetto' WHERE seq = 1", "DELETE FROM audit WHERE seq = 2",
+                *swap(4, 5), *swap(6, 7))
+    proc = any_trail.run("verify")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.splitlines() == ["6 problem(s) in 6 rows, seq 1..7:",
+                                        "seq 1: altered (HMAC does not match the content)",
+                                        "seq 2: missing (rows deleted)",
+                                        "seq 4: moved (this row was written as seq 5)",
+                                        "seq 5: moved (this row was written as seq 4)",
+                                        "seq 6: moved (this row was written as seq 7)",
+                                        "seq 7: moved (this row was written as seq 6)"]
+
+
+def test_verify_prints_the_head_and_checks_it_later(any_trail, backend):
+    """Rows cut off the end leave an intact chain: only the head kept from an earlier run shows
+    them."""
+    first = any_trail.run("verify")
+    assert first.returncode == 0, first.stderr
+    ok, keep = first.stdout.splitlines()
+    head = ok.rsplit(" ", 1)[1]
+    assert keep == ("keep the head to prove later that no row was cut off the end: "
+                    f"--expect-head 7:{head}")
+    again = any_trail.run("verify", "--expect-head", f"7:{head}")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[2] == "checkpoint seq 7 matches: no row up to it was cut off the end"
+
+    backend.sql("DELETE FROM audit WHERE seq = 7")
+    cut = any_trail.run("verify")
+    assert cut.returncode == 0 and cut.stdout.startswith("OK: 6 rows, seq 1..6, chain intact")
+    cut = any_trail.run("verify", "--expect-head", f"7:{head}")
+    assert cut.returncode == 1, cut.stderr
+    assert cut.stdout.splitlines() == ["1 problem(s) in 6 rows, seq 1..6:",
+                                       "seq 7: missing (rows cut off the end: the checkpoint names seq 7)"]
+
+
+@pytest.mark.parametrize("head", ["7", "7:abc", "x:" + "00" * 32, "0:" + "00" * 32, "7:" + "zz" * 32])
+def test_a_bad_expect_head_is_one_line(trail, head):
+    proc = trail.run("verify", "--expect-head", head)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"pecgw: --expect-head: {head!r} is not SEQ:HASH (a seq and its 64-hex-digit hash, "
+                           "as 'pecgw audit verify' prints them)\n")
 
 
 def test_verify_says_when_the_chain_key_is_missing(trail):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 
+import psycopg
 import pytest
 
 from gateway.audit.chain import ANCHOR, GENESIS
-from gateway.audit.store import chained
-from tests.audit.conftest import KEY, T0, event
+from gateway.audit.sqlite_store import SqliteStore
+from gateway.audit.store import StoreMissing, chained
+from tests.audit.conftest import KEY, T0, event, swap
 
 PEC = dict(uidvalidity=1700000000, uid=4294967295, message_id="<opec210312.20260303@pec.example.it>",
            subject="POSTA CERTIFICATA: Udienza del 3 marzo — Tribunale", sender='"Per conto di: tribunale@pec.giustizia.it" <posta-certificata@pec.example.it>',
@@ -212,3 +215,136 @@ def test_an_empty_store_verifies(store):
     report = store.verify()
     assert report.ok and report.rows == 0
     assert store.prune(T0) == 0
+
+
+# -- moves at the end of the chain, and rows cut off it ---------------------------------------------
+def moved(report):
+    return {p.seq: p.note for p in report.problems if p.kind == "moved"}
+
+
+def test_verify_names_an_edit_a_deletion_a_swap_in_the_middle_and_a_swap_of_the_last_two(store, backend):
+    """The last row has no successor, and after a swap with the row before it its predecessor
+    moved too: the swap must still be named as one, like a swap anywhere else."""
+    store.append([event(n) for n in range(1, 13)])
+    backend.sql("UPDATE audit SET subject = 'edited' WHERE seq = 3", "DELETE FROM audit WHERE seq = 6",
+                *swap(8, 9), *swap(11, 12))
+    report = store.verify()
+    assert kinds(report) == [("altered", 3, None), ("missing", 6, 6), ("moved", 8, None), ("moved", 9, None),
+                             ("moved", 11, None), ("moved", 12, None)]
+    assert moved(report) == {8: "this row was written as seq 9", 9: "this row was written as seq 8",
+                             11: "this row was written as seq 12", 12: "this row was written as seq 11"}
+
+
+@pytest.mark.parametrize("statements,written", [
+    (swap(6, 7), {6: 7, 7: 6}),  # the last two
+    (swap(2, 7), {2: 7, 7: 2}),  # the last row with one in the middle
+    (swap(1, 7), {1: 7, 7: 1}),  # the last row with the first
+    (swap(1, 2), {1: 2, 2: 1}),  # the first two
+    # the last three rotated: the rows written as 5, 6, 7 now sit at 6, 7, 5
+    (["UPDATE audit SET seq = -1 WHERE seq = 7", "UPDATE audit SET seq = 7 WHERE seq = 6",
+      "UPDATE audit SET seq = 6 WHERE seq = 5", "UPDATE audit SET seq = 5 WHERE seq = -1"], {5: 7, 6: 5, 7: 6}),
+    # the last four reversed
+    ([*swap(4, 7), *swap(5, 6)], {4: 7, 5: 6, 6: 5, 7: 4}),
+])
+def test_every_move_involving_the_last_row_is_named(store, backend, statements, written):
+    store.append([event(n) for n in range(1, 8)])
+    backend.sql(*statements)
+    report = store.verify()
+    assert moved(report) == {seq: f"this row was written as seq {w}" for seq, w in written.items()}
+    assert [p.kind for p in report.problems] == ["moved"] * len(written)
+
+
+def test_a_two_row_trail_swapped_is_two_moves(store, backend):
+    store.append([event(1), event(2)])
+    backend.sql(*swap(1, 2))
+    assert moved(store.verify()) == {1: "this row was written as seq 2", 2: "this row was written as seq 1"}
+
+
+def test_rows_cut_off_the_end_show_only_against_the_head_kept_earlier(store, backend):
+    """Nothing in the chain records its length: once the last rows are gone the row before them
+    is an intact end.  The head an earlier verify reported shows the cut."""
+    store.append([event(n) for n in range(1, 8)])
+    head = store.verify()
+    assert head.ok and head.checkpoint == ""
+    expect = (head.last_seq, head.last_hash)
+    assert store.verify(expect).checkpoint == "checkpoint seq 7 matches: no row up to it was cut off the end"
+
+    backend.sql("DELETE FROM audit WHERE seq >= 6")
+    assert store.verify().ok  # undetectable without the head
+    report = store.verify(expect)
+    assert kinds(report) == [("missing", 6, 7)]
+    assert report.problems[0].note == "rows cut off the end: the checkpoint names seq 7"
+
+    # the gateway goes on writing after the cut: seq 7 is back, validly signed, but another row
+    store.append([event(20), event(21), event(22)])
+    report = store.verify(expect)
+    assert kinds(report) == [("checkpoint", 7, None)]
+    assert "its hash is not the checkpoint's" in report.problems[0].note
+
+    # an earlier head that is still there is fine
+    assert store.verify((5, hash_of([event(n) for n in range(1, 8)], 5))).ok
+
+
+def hash_of(events, seq):
+    """The hash row ``seq`` gets when ``events`` are the first rows (what verify reports as the
+    head while it is the last row)."""
+    return chained(KEY, 0, GENESIS, events)[seq - 1][2]
+
+
+def test_a_head_kept_before_a_prune(store):
+    events = [event(n) for n in range(10)]
+    store.append(events)  # seq 1..10
+    head4, head3 = (4, hash_of(events, 4)), (3, hash_of(events, 3))
+    assert store.prune(T0 + dt.timedelta(minutes=4)) == 4  # seq 1..4, anchor for seq 4
+    report = store.verify(head4)
+    assert report.ok and report.checkpoint.startswith("checkpoint seq 4 matches the anchor that pruned it")
+    report = store.verify(head3)
+    assert report.ok and report.checkpoint.startswith("checkpoint seq 3 was pruned")
+    report = store.verify((4, bytes(32)))
+    assert kinds(report) == [("checkpoint", 4, None)]
+
+
+def test_an_emptied_trail_fails_against_a_head(store, backend):
+    store.append([event(n) for n in range(1, 4)])
+    backend.sql("DELETE FROM audit")
+    assert store.verify().ok
+    report = store.verify((3, bytes(32)))
+    assert kinds(report) == [("missing", 1, 3)]
+
+
+# -- read-only ---------------------------------------------------------------------------------------
+def test_a_read_only_store_reads_and_verifies_but_never_writes(store, backend):
+    store.append([event(n) for n in range(1, 6)])
+    reader = backend.open(read_only=True)
+    assert seqs(reader.query(person="alice")) == [1, 2, 3, 4, 5]
+    report = reader.verify()
+    assert report.ok and report.rows == 5
+    with pytest.raises(PermissionError, match="read-only"):
+        reader.append([event(9)])
+    with pytest.raises(PermissionError, match="read-only"):
+        reader.prune(T0 + dt.timedelta(days=1))
+    assert seqs(store.query()) == [1, 2, 3, 4, 5]
+    store.append([event(6)])  # the writer goes on; the reader sees it
+    assert seqs(reader.query())[-1] == 6
+
+
+def test_a_read_only_open_of_a_missing_store_creates_nothing(backend):
+    with pytest.raises(StoreMissing) as err:
+        backend.open(read_only=True)
+    if backend.name == "sqlite":
+        assert str(err.value) == f"{backend.path} does not exist"
+        assert not backend.path.exists()
+    else:
+        assert str(err.value) == f'there is no table "audit" and no schema "{backend.schema}"'
+        backend.sql(f'CREATE SCHEMA "{backend.schema}"')
+        with pytest.raises(StoreMissing, match=f'no table "audit" in schema "{backend.schema}"'):
+            backend.open(read_only=True)
+        with psycopg.connect(backend.conninfo) as db:
+            assert db.execute("SELECT to_regclass(%s)", (f'"{backend.schema}".audit',)).fetchone() == (None,)
+
+
+def test_a_read_only_open_of_a_file_without_the_table(tmp_path):
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).close()
+    with pytest.raises(StoreMissing, match="has no audit table"):
+        SqliteStore(path, KEY, read_only=True)
