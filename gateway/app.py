@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from importlib import metadata
 
-from gateway.audit.setup import build_sink, ensure_chain_key, open_store
+from gateway.audit.setup import build_sink, open_trail
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.otp import OtpVerifier
 from gateway.auth.trust import TrustWindow
@@ -93,7 +93,7 @@ class Gateway:
         self.policy = open_policy(config)
         self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
         # The audit store: opened now, so a gateway that cannot record refuses to start.
-        self.audit_store = open_store(config, self.vault, ensure_chain_key(config, self.vault))
+        self.audit_store = open_trail(config, self.vault)
         self.audit = build_sink(config, self.audit_store)  # .emit(), .accepting, .depth
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version())

@@ -3,7 +3,7 @@
 The chain key (32 random octets, kept in the vault as urlsafe base64 under
 ``audit.chain_key_vault_key``) is what makes the chain tamper-evident: whoever has only the
 database cannot recompute a row's HMAC.  The gateway creates it at its first start
-(:func:`ensure_chain_key`); the CLI only reads it (:func:`chain_key`), so ``pecgw audit verify``
+(:func:`open_trail`), and refuses to when the store already holds rows; the CLI only reads it (:func:`chain_key`), so ``pecgw audit verify``
 on a host without the vault says so rather than minting a key that matches nothing.
 """
 
@@ -21,8 +21,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.secret import Secret
 from gateway.vault import Vault
 
-__all__ = ["ChainKeyMissing", "build_sink", "chain_key", "ensure_chain_key", "open_store",
-           "postgres_conninfo"]
+__all__ = ["ChainKeyMissing", "build_sink", "chain_key", "open_store", "open_trail", "postgres_conninfo"]
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +57,28 @@ def chain_key(config: GatewayConfig, vault: Vault) -> bytes:
     return _decode(config, secret)
 
 
-def ensure_chain_key(config: GatewayConfig, vault: Vault) -> bytes:
-    """The chain key, created (and logged) when the vault has none yet."""
+def open_trail(config: GatewayConfig, vault: Vault) -> Any:
+    """The store the gateway appends to, with the chain key from the vault — created (and
+    logged) at the first start.  A store that already holds rows while the vault has no key is
+    refused: a new key would extend the chain with links nobody could check against the old
+    rows, so the vault (or its entry) must be restored from a backup instead."""
     try:
-        return chain_key(config, vault)
+        return open_store(config, vault, chain_key(config, vault))
     except ChainKeyMissing:
         pass
     key = secrets.token_bytes(KEY_BYTES)
+    store = open_store(config, vault, key)
+    if store.append([]) > 0:
+        store.close()
+        raise ChainKeyMissing(config.source, "audit.chain_key_vault_key",
+                              f"the audit store already holds rows but the vault {config.vault.path} has no "
+                              f"entry {config.audit.chain_key_vault_key!r}: restore the vault (or this "
+                              "entry) from a backup; a new key would leave those rows unverifiable")
     vault.set(config.audit.chain_key_vault_key, Secret(base64.urlsafe_b64encode(key)))
     log.warning("created the audit chain key in the vault %s as %r; keep a backup of the vault: "
                 "without this key the audit chain cannot be verified",
                 config.vault.path, config.audit.chain_key_vault_key)
-    return key
+    return store
 
 
 def postgres_conninfo(config: GatewayConfig, vault: Vault) -> str:

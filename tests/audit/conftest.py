@@ -29,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from gateway.audit.events import AuditEvent, MessageRef
 from gateway.audit.postgres_store import PostgresStore
-from gateway.audit.setup import ensure_chain_key, open_store
+from gateway.audit.setup import open_trail
 from gateway.audit.sqlite_store import SqliteStore
 from gateway.config import load_config
 from gateway.vault import Vault
@@ -183,7 +183,7 @@ class Trail:
 
     def fill(self, events) -> None:
         """Append ``events`` as the gateway would (creating the chain key at the first call)."""
-        store = open_store(self.config, self.vault, ensure_chain_key(self.config, self.vault))
+        store = open_trail(self.config, self.vault)
         store.append(list(events))
         store.close()
 

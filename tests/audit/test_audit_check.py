@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from gateway.audit.check import check_audit
-from gateway.audit.setup import ensure_chain_key, open_store
+from gateway.audit.setup import open_trail
 from gateway.config import ConfigError
 from gateway.secret import Secret
 from tests.audit.conftest import Backend, Trail, event
@@ -154,7 +154,7 @@ def test_a_role_granted_only_rows_on_an_existing_table_can_write(pg, tmp_path):
     trail.configure({**pg.audit_table(), "postgresql_dsn": role})
     lines, _ = check(trail)
     assert lines[0] == f'audit store: table "{pg.schema}"."audit" on {where(role)} (PostgreSQL) is writable'
-    store = open_store(trail.config, trail.vault, ensure_chain_key(trail.config, trail.vault))
+    store = open_trail(trail.config, trail.vault)
     try:
         assert store.append([event(2)]) == 2 and store.verify().ok
     finally:

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from gateway.audit.setup import ChainKeyMissing, chain_key, ensure_chain_key, open_store
+from gateway.audit.setup import ChainKeyMissing, chain_key, open_store, open_trail
 from tests.audit.conftest import T0, Trail, event, swap
 
 PEC = dict(uidvalidity=1700000000, uid=7, message_id="<opec1@pec.example.it>",
@@ -54,12 +54,25 @@ def test_the_gateway_creates_the_chain_key_once_and_logs_it(tmp_path, caplog):
     with pytest.raises(ChainKeyMissing):
         chain_key(t.config, t.vault)
     caplog.set_level(logging.INFO)
-    key = ensure_chain_key(t.config, t.vault)
+    open_trail(t.config, t.vault).close()
+    key = chain_key(t.config, t.vault)
     assert len(key) == 32 and "audit/chain-key" in t.vault.names()
     assert any("created the audit chain key" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    assert ensure_chain_key(t.config, t.vault) == key == chain_key(t.config, t.vault)
+    open_trail(t.config, t.vault).close()
+    assert chain_key(t.config, t.vault) == key
     assert not caplog.records
+
+
+def test_no_new_chain_key_for_a_store_that_already_holds_rows(tmp_path):
+    """A vault restored without its chain key (or the wrong vault): the gateway refuses to start
+    rather than extend the chain with a key that cannot check the rows already there."""
+    t = Trail(tmp_path)
+    t.fill([event(1)])
+    t.vault.delete("audit/chain-key")
+    with pytest.raises(ChainKeyMissing, match="already holds rows but the vault .* restore the vault"):
+        open_trail(t.config, t.vault)
+    assert "audit/chain-key" not in t.vault.names()
 
 
 def test_verify_ok(trail):

@@ -12,7 +12,11 @@ import json
 
 import pytest
 
-from gateway.audit.setup import ensure_chain_key
+import base64
+import secrets
+
+from gateway.audit.setup import chain_key
+from gateway.secret import Secret
 from gateway.audit.sqlite_store import SqliteStore
 from tests.audit.conftest import Backend, Trail, event
 
@@ -57,7 +61,7 @@ def test_nobody_reads_and_verifies_a_read_only_sqlite_trail(sqlite_trail, shared
 def test_nobody_reads_rows_a_running_gateway_still_holds_in_its_wal(sqlite_trail, shared_dir):
     """With a writer connected the -wal and -shm files exist (here readable by everyone, as the
     database is): the reader goes through them and sees the rows not yet checkpointed."""
-    writer = SqliteStore(sqlite_trail.db, ensure_chain_key(sqlite_trail.config, sqlite_trail.vault))
+    writer = SqliteStore(sqlite_trail.db, chain_key(sqlite_trail.config, sqlite_trail.vault))
     try:
         writer.append([event(5, action="logout", message=None)])
         assert (shared_dir / "audit.sqlite-wal").stat().st_size > 0
@@ -132,7 +136,7 @@ def test_a_missing_table_is_named_and_not_created(pg, tmp_path):
         "GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}")})
     for verb in ("query", "verify"):
         if verb == "verify":
-            ensure_chain_key(trail.config, trail.vault)
+            trail.vault.set("audit/chain-key", Secret(base64.urlsafe_b64encode(secrets.token_bytes(32))))
         proc = trail.run(verb)
         assert proc.returncode == 2
         assert proc.stderr == (f'pecgw: {trail.config_path}: audit.postgresql_schema: there is no table "audit" '
