@@ -192,9 +192,26 @@ def cmd_audit_query(args) -> int:
             raise CliError("--limit: must not be negative")
         filters["limit"] = args.limit
     _config, store = _open(args, need_key=False)
-    rows = _run(store, lambda: store.query(**filters))
+    rows = _run(store, lambda: _query_ids(store, filters))
     write_rows(rows, args.format)
     return 0
+
+
+def _query_ids(store, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """``query``, with ``--message-id`` and ``--pec-id`` matched with or without the angle
+    brackets (a daticert gives the identificativo bare; rows keep it as Message-IDs are written)."""
+    ids = [name for name in ("message_id", "pec_id") if name in filters]
+    if not ids:
+        return store.query(**filters)
+    found: dict[int, dict[str, Any]] = {}
+    combos: list[dict[str, str]] = [{}]
+    for name in ids:
+        combos = [{**c, name: v} for c in combos for v in _variants(filters[name])]
+    for combo in combos:
+        for row in store.query(**{**filters, **combo}):
+            found[row["seq"]] = row
+    rows = [found[seq] for seq in sorted(found)]
+    return rows[:filters["limit"]] if "limit" in filters else rows
 
 
 def _variants(ident: str) -> list[str]:

@@ -172,6 +172,11 @@ def test_query_filters(trail):
                           "--action", "move", "--format", "jsonl")) == [4]
     assert seqs(trail.run("query", "--message-id", "<opec1@pec.example.it>", "--format", "jsonl")) == [2, 3, 4]
     assert seqs(trail.run("query", "--pec-id", RECEIPT["pec_id"], "--format", "jsonl")) == [6]
+    # IDs match with or without their angle brackets (a daticert gives the identificativo bare)
+    assert seqs(trail.run("query", "--message-id", "opec1@pec.example.it", "--format", "jsonl")) == [2, 3, 4]
+    assert seqs(trail.run("query", "--pec-id", f"<{RECEIPT['pec_id']}>", "--format", "jsonl")) == [6]
+    assert seqs(trail.run("query", "--message-id", " opec1@pec.example.it", "--limit", "2",
+                          "--format", "jsonl")) == [2, 3]
     # --since inclusive, --until exclusive; without an offset a time is UTC
     assert seqs(trail.run("query", "--since", "2026-03-03T09:03", "--until", "2026-03-03T10:05:00+01:00",
                           "--format", "jsonl")) == [3, 4]
