@@ -1,7 +1,9 @@
 """A JSON-lines audit sink: one event per line, appended by a writer task.
 
 ``emit`` only puts the event on a queue, so the relay never waits for the disk; the writer task
-appends in batches and fsyncs after each batch, so a written batch survives a crash.  ``close``
+appends in batches and fsyncs after each batch, so a written batch survives a crash.  Like the
+store's writer it lingers a moment (50 ms) after the first event of a batch: a bulk FETCH emits
+hundreds of rows, and one write and fsync for all of them costs far less than one per dozen.  ``close``
 drains the queue: no event accepted by ``emit`` is lost on a clean shutdown.  A failed write
 (full disk, vanished volume) is retried from the exact octet where it stopped, so nothing is
 lost or written twice, and it is logged at ERROR until it succeeds.  The file is created with
@@ -23,18 +25,22 @@ __all__ = ["JsonLinesSink"]
 log = logging.getLogger(__name__)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
+
 def _lines(events: list[AuditEvent]) -> bytes:
-    text = "".join(json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in events)
-    return text.encode("utf-8")
+    encode = _ENCODER.encode
+    return "".join([encode(e.to_dict()) + "\n" for e in events]).encode("utf-8")
 
 
 class JsonLinesSink:
     """Appends events as JSON lines to ``path``."""
 
-    def __init__(self, path: Path, *, batch: int = 256) -> None:
+    def __init__(self, path: Path, *, batch: int = 1000, linger: float = 0.05) -> None:
         self.path = Path(path)
         self._queue: asyncio.Queue[AuditEvent | None] = asyncio.Queue()
         self._batch = batch
+        self._linger = linger
         self._task: asyncio.Task | None = None
         self._accepting = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +65,8 @@ class JsonLinesSink:
     async def _writer(self) -> None:
         while True:
             item = await self._queue.get()
+            if item is not None and self._linger and self._queue.qsize() < self._batch:
+                await asyncio.sleep(self._linger)
             batch = [item]
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
