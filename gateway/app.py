@@ -15,6 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from gateway.audit.setup import build_sink, open_trail
+from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.otp import OtpVerifier
 from gateway.auth.trust import TrustWindow
@@ -95,6 +96,9 @@ class Gateway:
         # The audit store: opened now, so a gateway that cannot record refuses to start.
         self.audit_store = open_trail(config, self.vault)
         self.audit = build_sink(config, self.audit_store)  # .emit(), .accepting, .depth
+        AUDIT_QUEUE_DEPTH.set_function(lambda: self.audit.depth)
+        AUDIT_ACCEPTING.set(1)
+        AUDIT_STORE_UP.labels(config.audit.store).set(1)
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version())
         self.imap = ImapFront(self.services)

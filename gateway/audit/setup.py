@@ -138,7 +138,7 @@ def open_store(config: GatewayConfig, vault: Vault, key: bytes, *, read_only: bo
 def build_sink(config: GatewayConfig, store: Any) -> StoreSink | FanOutSink:
     """The sink the relay emits into: the store's writer, plus the JSON-lines copy if configured."""
     audit = config.audit
-    sink = StoreSink(store, on_failure=audit.on_store_failure, spool_path=audit.spool_path)
+    sink = StoreSink(store, on_failure=audit.on_store_failure, spool_path=audit.spool_path, label=audit.store)
     if audit.jsonl_path is None:
         return sink
     return FanOutSink(sink, JsonLinesSink(audit.jsonl_path))

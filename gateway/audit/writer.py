@@ -30,6 +30,8 @@ store committed, so a crash between a commit and that record can append one batc
 
 Errors are logged at ERROR with their cause (the exception type and text: store errors name
 files, hosts and users, never passwords) at most once a minute, and once more on recovery.
+The metrics (:mod:`gateway.metrics`) say the same at every moment: ``pecgw_audit_store_up``,
+``pecgw_audit_accepting``, failures, rows written and spooled, and each batch's write time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from typing import Any
 
 from gateway.audit.events import AuditEvent, MessageRef
 from gateway.audit.store import AuditStore
+from gateway.metrics import (AUDIT_ACCEPTING, AUDIT_ROWS, AUDIT_SPOOLED_ROWS, AUDIT_STORE_FAILURES, AUDIT_STORE_UP,
+                             AUDIT_WRITE_SECONDS)
 
 __all__ = ["FanOutSink", "StoreSink", "event_from_dict", "ON_FAILURE"]
 
@@ -72,12 +76,13 @@ class StoreSink:
 
     def __init__(self, store: AuditStore, *, batch: int = 500, linger: float = 0.05, on_failure: str = "fail-closed",
                  spool_path: Path | str | None = None, retry_initial: float = 0.5,
-                 retry_max: float = 10.0, report_every: float = 60.0) -> None:
+                 retry_max: float = 10.0, report_every: float = 60.0, label: str = "store") -> None:
         if on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure must be one of {', '.join(ON_FAILURE)}")
         if on_failure == "spool" and spool_path is None:
             raise ValueError('on_failure="spool" needs a spool_path')
         self.store = store
+        self.label = label  # the store's kind, as the metrics name it
         self.on_failure = on_failure
         self.spool_path = Path(spool_path) if spool_path is not None else None
         self._batch = batch
@@ -187,7 +192,10 @@ class StoreSink:
                 try:
                     if self.spooled:
                         await asyncio.to_thread(self._replay)
+                    started = time.monotonic()
                     await asyncio.to_thread(self.store.append, events)
+                    AUDIT_WRITE_SECONDS.labels(self.label).observe(time.monotonic() - started)
+                    AUDIT_ROWS.labels(self.label).inc(len(events))
                 except Exception as exc:  # noqa: BLE001 - whatever the store raises, keep the batch
                     self._failed(exc)
                     self._schedule_retry()
@@ -197,10 +205,11 @@ class StoreSink:
             if self.on_failure == "spool" or (self._closing and self.spool_path is not None):
                 try:
                     await asyncio.to_thread(self._spool, events)
-                    self._accepting = True
+                    AUDIT_SPOOLED_ROWS.inc(len(events))
+                    self._set_accepting(True)
                     return
                 except OSError as exc:
-                    self._accepting = False
+                    self._set_accepting(False)
                     self._report(f"cannot write the audit spool {self.spool_path} either "
                                  f"({exc.strerror or exc}); refusing audited commands")
             await asyncio.sleep(max(0.0, self._next_try - time.monotonic()))
@@ -209,12 +218,18 @@ class StoreSink:
         self._next_try = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, self._retry_max)
 
+    def _set_accepting(self, accepting: bool) -> None:
+        self._accepting = accepting
+        AUDIT_ACCEPTING.set(1 if accepting else 0)
+
     def _failed(self, exc: BaseException) -> None:
+        AUDIT_STORE_FAILURES.labels(self.label).inc()
+        AUDIT_STORE_UP.labels(self.label).set(0)
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             self._last_report = -float("inf")
         if self.on_failure == "fail-closed":
-            self._accepting = False
+            self._set_accepting(False)
             then = "refusing audited commands until it recovers"
         else:
             then = f"spooling to {self.spool_path}"
@@ -232,7 +247,8 @@ class StoreSink:
             log.error("the audit store takes events again after %.0f s; %d waiting",
                       time.monotonic() - self._failing_since, self._queue.qsize())
         self._failing_since = None
-        self._accepting = True
+        self._set_accepting(True)
+        AUDIT_STORE_UP.labels(self.label).set(1)
         self._delay = self._retry_initial
         self._next_try = 0.0
 

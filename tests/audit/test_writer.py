@@ -264,3 +264,43 @@ async def test_postgres_connection_killed_by_the_server_is_replaced(tmp_path, ca
         assert store._db.info.backend_pid != pid
     finally:
         backend.cleanup()
+
+
+async def test_metrics_say_when_the_store_fails_and_what_was_written(backend, tmp_path):
+    """The store's state is in the metrics at every moment, not only in the log."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    label = f"test-{backend.name}-{id(tmp_path)}"
+    spooled_before = value("pecgw_audit_spooled_rows_total")
+    store = Flaky(backend.open())
+    sink = StoreSink(store, batch=10, label=label, on_failure="spool", spool_path=tmp_path / "spool.jsonl", **FAST)
+    sink.start()
+    sink.emit(event(1))
+    await until(lambda: value("pecgw_audit_rows_written_total", store=label) == 1)
+    assert value("pecgw_audit_write_seconds_count", store=label) == 1
+    store.broken.set()
+    sink.emit(event(2))
+    await until(lambda: sink.spooled)
+    assert value("pecgw_audit_store_up", store=label) == 0
+    assert value("pecgw_audit_store_failures_total", store=label) >= 1
+    assert value("pecgw_audit_spooled_rows_total") == spooled_before + 1
+    assert value("pecgw_audit_accepting") == 1  # spool mode keeps serving
+    store.broken.clear()
+    await until(lambda: not sink.spooled)
+    assert value("pecgw_audit_store_up", store=label) == 1
+    await sink.close()
+
+    closed = Flaky(backend.open())
+    fail_closed = StoreSink(closed, batch=10, label=label, **FAST)
+    fail_closed.start()
+    closed.broken.set()
+    fail_closed.emit(event(3))
+    await until(lambda: not fail_closed.accepting)
+    assert value("pecgw_audit_accepting") == 0 and value("pecgw_audit_store_up", store=label) == 0
+    closed.broken.clear()
+    await until(lambda: fail_closed.accepting)
+    assert value("pecgw_audit_accepting") == 1
+    await fail_closed.close()

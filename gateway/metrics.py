@@ -1,0 +1,27 @@
+"""The gateway's Prometheus metrics (prometheus-client), defined once for every module to update.
+
+They live in prometheus-client's default registry; the admin endpoint serves them at
+``/metrics``.  Names follow Prometheus conventions (``_total`` counters, base units); no label
+ever carries a person's name or a secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["AUDIT_ACCEPTING", "AUDIT_QUEUE_DEPTH", "AUDIT_ROWS", "AUDIT_SPOOLED_ROWS", "AUDIT_STORE_FAILURES",
+           "AUDIT_STORE_UP", "AUDIT_WRITE_SECONDS"]
+
+AUDIT_ROWS = Counter("pecgw_audit_rows_written_total", "Audit rows committed to the audit store", ["store"])
+AUDIT_WRITE_SECONDS = Histogram(
+    "pecgw_audit_write_seconds", "Time to append one batch of rows to the audit store", ["store"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+AUDIT_STORE_FAILURES = Counter(
+    "pecgw_audit_store_failures_total", "Failed writes to the audit store (the batch is kept and retried)", ["store"])
+AUDIT_STORE_UP = Gauge("pecgw_audit_store_up", "1 while the audit store takes rows, 0 while writes fail", ["store"])
+AUDIT_ACCEPTING = Gauge(
+    "pecgw_audit_accepting", "1 while audited commands are accepted; 0 while the gateway fails closed "
+    "(the store failing with on_store_failure = fail-closed, or the spool unwritable)")
+AUDIT_SPOOLED_ROWS = Counter("pecgw_audit_spooled_rows_total", "Audit rows written to the spool file while the "
+                             "store failed (replayed into the store when it recovers)")
+AUDIT_QUEUE_DEPTH = Gauge("pecgw_audit_queue_depth", "Audit rows accepted and not yet in the store or the spool")
