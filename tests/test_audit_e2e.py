@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email
+import imaplib
 import email.policy
 import re
 import time
@@ -152,6 +153,43 @@ def test_expunge_and_move_rows_name_messages_nobody_fetched(gw, dovecot):
         assert m["message_id"] == inbox[uid]["MESSAGE-ID"] and m["pec_kind"] == inbox[uid]["X-TRASPORTO"]
     assert got[1]["detail"]["flags"] == "\\Deleted" and got[2]["detail"] == {"by": "EXPUNGE"}
     assert got[3]["detail"]["to"] == "Ufficio Legale" and isinstance(got[3]["detail"]["to_uid"], int)
+
+
+def test_login_failure_login_examine_append_and_denial_rows(gw, dovecot):
+    """The rest of the issue's list: a failed login (named by the person tried), the login,
+    EXAMINE, APPEND (named from the uploaded message itself) and a refusal with its rule."""
+    start = len(gw.audit_events())
+    c = gw.imap()
+    with pytest.raises(imaplib.IMAP4.error):
+        c.login("alice", "not-the-password-123456")
+    c = gw.imap()
+    c.login("alice", gw.credential("alice", "alice-password"))
+    message = (b"Message-ID: <appended.1@studio.example.it>\r\nSubject: Bozza di risposta\r\n"
+               b"From: protocollo@pec.example.it\r\nDate: Tue, 03 Mar 2026 10:00:00 +0100\r\n\r\nTesto\r\n")
+    try:
+        typ, data = c.select('"Ufficio Legale"', readonly=True)  # imaplib sends EXAMINE
+        assert typ == "OK"
+        typ, data = c.append('"Ufficio Legale"', "(\\Seen)", None, message)
+        assert typ == "OK"
+        appended_uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+        typ, data = c._simple_command("SETACL", '"Ufficio Legale"', "bruno", "lr")
+        assert typ == "NO"
+    finally:
+        c.logout()
+    got = rows(gw, since=start, wait_for=6)
+    assert [(r["action"], r["decision"], r["person"]) for r in got] == [
+        ("login_failed", "deny", "alice"), ("login", "allow", "alice"), ("examine", "allow", "alice"),
+        ("append", "allow", "alice"), ("denied", "deny", "alice"), ("logout", "allow", "alice")]
+    failed, login, examine, append, denied, _ = got
+    assert failed["reason"] and failed["client_ip"] == "127.0.0.1" and login["mailbox"] == "protocollo"
+    validity, folder = direct_identities(gw, dovecot, "Ufficio Legale")
+    assert examine["folder"] == "Ufficio Legale" and examine["detail"]["uidvalidity"] == validity
+    m = append["message"]
+    assert (append["folder"], m["uidvalidity"], m["uid"]) == ("Ufficio Legale", validity, appended_uid)
+    assert (m["message_id"], m["subject"]) == ("<appended.1@studio.example.it>", "Bozza di risposta")
+    assert folder[appended_uid]["MESSAGE-ID"] == m["message_id"]  # the row names what Dovecot holds
+    assert denied["folder"] == "Ufficio Legale" and denied["detail"]["command"] == "SETACL"
+    assert denied["detail"]["missing"] == "a"
 
 
 def test_expunge_rows_are_the_persons_own_and_close_gets_them_too(gw, dovecot):

@@ -29,6 +29,7 @@ from gateway.audit.events import MessageRef
 from gateway.imap_proxy.commands import Command
 from gateway.imap_proxy.fetch_response import parse_fetch
 from gateway.imap_proxy.framing import Frame
+from gateway.imap_proxy.identity import IDENTITY_OCTETS, identity_from_headers
 from gateway.imap_proxy.mailbox_view import MailboxView
 from gateway.imap_proxy.responses import Head, StatusResponse, parse_status
 from gateway.imap_proxy.sequence_set import SequenceSet
@@ -65,6 +66,7 @@ class _Running:
     moved: list[tuple[int, int]] = field(default_factory=list)  # MOVE: (source UID, destination UID)
     left: list[int | None] = field(default_factory=list)  # MOVE: the UIDs its EXPUNGE replies removed
     expunging: bool = False  # CLOSE: the gateway runs an expunge for it (its replies are the person's)
+    headers: bytes = b""  # APPEND: the header block of the message uploaded (its identity)
 
 
 def _uid_pairs(code_data: str, bound: int) -> tuple[int | None, list[tuple[int, int]]]:
@@ -118,6 +120,8 @@ class AuditTrail:
             self._select_view = MailboxView()
         elif name in ("CREATE", "DELETE", "APPEND"):
             running.folder, running.target = human[0], human[0]
+            if name == "APPEND" and cmd.frame.literals:
+                running.headers = _header_block(cmd.frame.literals[-1])
         elif name == "RENAME":
             running.folder, running.target = human[0], human[1] if len(human) > 1 else None
         elif name in ("COPY", "MOVE"):
@@ -265,9 +269,10 @@ class AuditTrail:
             return [Happened("folder_delete", running.target)]
         elif name == "RENAME":
             return [Happened("folder_rename", running.folder, None, {"to": running.target})]
-        elif name == "APPEND":
+        elif name == "APPEND":  # named from the message itself: the gateway has just relayed it
             validity, uid = _append_uid(status)
-            return [Happened("append", running.target, MessageRef(validity, uid))]
+            ref = identity_from_headers(running.headers, validity, uid) if running.headers else MessageRef(validity, uid)
+            return [Happened("append", running.target, ref)]
         elif name == "COPY":
             validity, pairs = self._copied(running, status)
             return [Happened("copy", running.folder, self._ref(src), {
@@ -343,6 +348,13 @@ class AuditTrail:
 
     def _ref(self, uid: int | None) -> MessageRef:
         return MessageRef(self.view.uidvalidity if self.view is not None else None, uid)
+
+
+def _header_block(message: bytes) -> bytes:
+    """The header block of an uploaded message, at most as much as an identity lookup reads."""
+    head = message[:IDENTITY_OCTETS]
+    end = head.find(b"\r\n\r\n")
+    return head[:end + 4] if end >= 0 else head
 
 
 def _append_uid(status: StatusResponse) -> tuple[int | None, int | None]:
