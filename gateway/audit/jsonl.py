@@ -41,6 +41,7 @@ class JsonLinesSink:
         self._queue: asyncio.Queue[AuditEvent | None] = asyncio.Queue()
         self._batch = batch
         self._linger = linger
+        self._inflight = 0  # events taken off the queue and not yet written
         self._task: asyncio.Task | None = None
         self._accepting = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,8 @@ class JsonLinesSink:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Events accepted by ``emit`` and not yet written and fsync'd."""
+        return self._queue.qsize() + self._inflight
 
     @property
     def accepting(self) -> bool:
@@ -71,8 +73,10 @@ class JsonLinesSink:
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             events = [e for e in batch if e is not None]
+            self._inflight = len(events)
             if events:  # serialised off the event loop: it is the relay's thread
                 await self._write_until_done(await asyncio.to_thread(_lines, events))
+            self._inflight = 0
             if None in batch:
                 return
 
@@ -95,7 +99,7 @@ class JsonLinesSink:
                 now = loop.time()
                 if now - last_report >= 60:
                     log.error("cannot write the audit file %s (%s); %d events waiting, retrying",
-                              self.path, exc.strerror or exc, self.depth + 1)
+                              self.path, exc.strerror or exc, self.depth)
                     last_report = now
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
