@@ -33,6 +33,8 @@ PURE_MODULES = [
     "gateway.imap_proxy.bodystructure",
     "gateway.imap_proxy.receipt_identity",
     "gateway.pec.daticert",
+    "gateway.smtp_proxy.rules",
+    "gateway.smtp_proxy.message",
     "gateway.login",
     "gateway.access",
     "gateway.audit.events",
