@@ -42,13 +42,25 @@ PURE_MODULES = [
 ]
 
 
+#: Modules that parse messages with the standard library's email package, whose ``email.utils``
+#: imports socket (for make_msgid's host name, never called here): that much is allowed, and
+#: their own source must not import an I/O module.
+EMAIL_PARSING = {"gateway.smtp_proxy.rules", "gateway.smtp_proxy.message"}
+EMAIL_UTILS_IMPORTS = ["selectors", "socket"]
+
+
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_imports_no_io(module):
     code = (f"import sys, json; import {module}; "
             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [], f"{module} pulls in I/O modules"
+    loaded = json.loads(out.stdout)
+    if module in EMAIL_PARSING:
+        source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+        assert not any(f"import {m}" in source for m in FORBIDDEN), f"{module} imports an I/O module"
+        loaded = [m for m in loaded if m not in EMAIL_UTILS_IMPORTS]
+    assert loaded == [], f"{module} pulls in I/O modules"
 
 
 def test_policy_imports_nothing_from_gateway():
