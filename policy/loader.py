@@ -5,6 +5,8 @@ The file (see ``config/policy.example.toml`` for every key)::
     [offices.<office>]
     groups  = ["..."]        # directory groups, case-insensitive      (optional, default [])
     members = ["..."]        # usernames                                (optional, default [])
+    send_to_allow = ["..."]  # address patterns its PEC may go to (* ?), (optional, default: any)
+    send_to_deny  = ["..."]  # address patterns its PEC may never go to (optional, default [])
 
     [mailboxes.<mailbox>]
     delimiter      = "/"     # the provider's hierarchy delimiter, one character (default "/")
@@ -125,7 +127,16 @@ def _rights(t: _Table, name: str, default: str | None = None) -> Rights:
 def _office(t: _Table, name: str) -> Office:
     if not name.strip():
         raise PolicyError(t.source, t.key, "an office name must not be empty")
-    return Office(name, frozenset(t.strings("groups")), frozenset(t.strings("members")))
+    allow, deny = (tuple(_address_pattern(t, key, p) for p in t.strings(key))
+                   for key in ("send_to_allow", "send_to_deny"))
+    return Office(name, frozenset(t.strings("groups")), frozenset(t.strings("members")), allow, deny)
+
+
+def _address_pattern(t: _Table, key: str, pattern: str) -> str:
+    """A recipient pattern: ``*@pec.tribunale.*``, ``ufficio@pec.example.it`` (compared lower-case)."""
+    if not pattern.strip() or any(c.isspace() for c in pattern) or "@" not in pattern:
+        raise t.error(key, f"{pattern!r} is not an address pattern (like '*@pec.tribunale.*')")
+    return pattern.lower()
 
 
 def _delimiter(t: _Table) -> str:
@@ -179,7 +190,8 @@ def parse_policy(data: dict, source: str) -> Policy:
         if required not in data:
             raise root.error(required, "missing (required table)")
     ot = _Table(data["offices"], source, "offices", None)
-    offices = {name: _office(_Table(ot.data[name], source, ot.sub(name), ("groups", "members")), name)
+    office_keys = ("groups", "members", "send_to_allow", "send_to_deny")
+    offices = {name: _office(_Table(ot.data[name], source, ot.sub(name), office_keys), name)
                for name in ot.data}
     mt = _Table(data["mailboxes"], source, "mailboxes", None)
     if not mt.data:

@@ -155,6 +155,10 @@ class Office:
     name: str
     groups: frozenset[str] = frozenset()
     members: frozenset[str] = frozenset()
+    #: PEC the office sends may go only to these addresses (shell patterns; empty: any) and never
+    #: to these; checked at each RCPT TO, lower-case.
+    send_to_allow: tuple[str, ...] = ()
+    send_to_deny: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -74,20 +74,32 @@ def check_sender_right(may_send: bool, mailbox_address: str) -> Refusal | None:
                                  "office policy)", "send_right")
 
 
+def _office_permits(addr: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> str | None:
+    """None when one office's patterns let ``addr`` through, else which list stopped it."""
+    if any(fnmatch.fnmatchcase(addr, p.lower()) for p in deny):
+        return "recipient_deny"
+    if allow and not any(fnmatch.fnmatchcase(addr, p.lower()) for p in allow):
+        return "recipient_allow"
+    return None
+
+
 def check_recipient(address: str, accepted: int, limits: SendLimits,
-                    allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()) -> Refusal | None:
-    """At each RCPT TO: the count so far (``accepted``) and the office's address patterns
-    (shell-style, e.g. ``*@pec.tribunale.*``; ``deny`` wins; an empty ``allow`` allows all)."""
+                    offices: list[tuple[tuple[str, ...], tuple[str, ...]]] = ()) -> Refusal | None:
+    """At each RCPT TO: the count so far (``accepted``), then the address patterns of each office
+    the person sends for, as ``(allow, deny)`` (shell patterns like ``*@pec.tribunale.*``; in
+    an office ``deny`` wins and an empty ``allow`` allows all).  Like folder rights, offices add
+    up: one office that lets the address through is enough."""
     if accepted >= limits.max_recipients:
         return Refusal(452, "4.5.3", f"Too many recipients: at most {limits.max_recipients} per PEC",
                        "max_recipients")
     addr = normalise(address)
-    if any(fnmatch.fnmatchcase(addr, p.lower()) for p in deny):
+    stopped = [_office_permits(addr, allow, deny) for allow, deny in offices]
+    if not stopped or None in stopped:
+        return None
+    if "recipient_deny" in stopped:
         return Refusal(550, "5.7.1", f"Your office may not send PEC to {addr}", "recipient_deny")
-    if allow and not any(fnmatch.fnmatchcase(addr, p.lower()) for p in allow):
-        return Refusal(550, "5.7.1", f"Your office may not send PEC to {addr} (not among its allowed "
-                                     "recipients)", "recipient_allow")
-    return None
+    return Refusal(550, "5.7.1", f"Your office may not send PEC to {addr} (not among its allowed "
+                                 "recipients)", "recipient_allow")
 
 
 def check_message(summary: Summary, recipients: list[str], mailbox_address: str,

@@ -102,6 +102,10 @@ ERRORS = [
      'offices.legale: must be a table, not an array'),
     (('office',), {},
      "office: unknown key (did you mean 'offices'?)"),
+    (('offices', 'legale', 'send_to_allow'), ['tribunale'],
+     "offices.legale.send_to_allow: 'tribunale' is not an address pattern (like '*@pec.tribunale.*')"),
+    (('offices', 'legale', 'send_to_deny'), 'x@y',
+     'offices.legale.send_to_deny: must be an array of strings, not a string'),
 ]
 
 @pytest.mark.parametrize("path,value,message", ERRORS, ids=[m.split(":")[0] for _, _, m in ERRORS])
@@ -189,3 +193,11 @@ def test_a_failed_reload_leaves_the_last_good_policy(tmp_path: Path):
     except PolicyError as exc:
         assert "mailboxes.m.rules[1].office: unknown office 'b'" in str(exc)
     assert len(current.mailboxes["m"].rules) == 1
+
+
+def test_office_recipient_patterns():
+    data = copy.deepcopy(BASE)
+    data["offices"]["legale"].update(send_to_allow=["*@PEC.Tribunale.*"], send_to_deny=["avversario@pec.example.it"])
+    office = parse_policy(data, "p.toml").offices["legale"]
+    assert office.send_to_allow == ("*@pec.tribunale.*",) and office.send_to_deny == ("avversario@pec.example.it",)
+    assert parse_policy(BASE, "p.toml").offices["acquisti"].send_to_allow == ()

@@ -83,12 +83,15 @@ def test_two_message_ids():
 def test_recipient_count_and_office_patterns():
     assert check_recipient("a@pec.x.it", 2, LIMITS) is None
     assert check_recipient("a@pec.x.it", 3, LIMITS).reply == "452 4.5.3 Too many recipients: at most 3 per PEC"
-    allow, deny = ("*@pec.tribunale.*", "*@pec.example.it"), ("avversario@pec.example.it",)
-    assert check_recipient("Cancelleria@PEC.Tribunale.example.it", 0, LIMITS, allow, deny) is None
-    assert check_recipient("avversario@pec.example.it", 0, LIMITS, allow, deny).reply == (
+    legale = (("*@pec.tribunale.*", "*@pec.example.it"), ("avversario@pec.example.it",))
+    assert check_recipient("Cancelleria@PEC.Tribunale.example.it", 0, LIMITS, [legale]) is None
+    assert check_recipient("avversario@pec.example.it", 0, LIMITS, [legale]).reply == (
         "550 5.7.1 Your office may not send PEC to avversario@pec.example.it")
-    assert check_recipient("x@gmail.com", 0, LIMITS, allow, deny).reply == (
+    assert check_recipient("x@gmail.com", 0, LIMITS, [legale]).reply == (
         "550 5.7.1 Your office may not send PEC to x@gmail.com (not among its allowed recipients)")
+    # offices add up: another office of the same person may write to anyone
+    assert check_recipient("x@gmail.com", 0, LIMITS, [legale, ((), ())]) is None
+    assert check_recipient("x@gmail.com", 0, LIMITS, []) is None
 
 
 def test_summary_and_attachments():
