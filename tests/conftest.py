@@ -1,5 +1,6 @@
-"""Shared fixtures: throwaway PKI, a real slapd and a real Dovecot for the whole session, and a
-fresh PEC mailbox (seeded with :func:`gateway.demo.pec_samples.sample_mailbox`) per test."""
+"""Shared fixtures: throwaway PKI, a real slapd and a real Dovecot for the whole session, a
+fresh PEC mailbox (seeded with :func:`gateway.demo.pec_samples.sample_mailbox`) per test, and a
+simulated PEC provider submission server that delivers its receipts into that mailbox."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from gateway.demo.pec_samples import Gestore, make_gestore, sample_mailbox
 from tests.fixtures.dovecot import DovecotServer
+from tests.fixtures.pec_provider import PecProvider
 from tests.fixtures.pki import Pki, make_pki
 from tests.fixtures.slapd import SlapdServer
 
@@ -63,3 +65,14 @@ def pec_mailbox(dovecot: DovecotServer, pec_gestore: Gestore) -> PecMailbox:
     folders = sample_mailbox(address, gestore=pec_gestore)
     dovecot.add_mailbox(address, password, folders)
     return PecMailbox(address, password, folders)
+
+
+@pytest.fixture
+def pec_provider(dovecot: DovecotServer, pki: Pki, pec_gestore: Gestore,
+                 pec_mailbox: PecMailbox):
+    """A PEC provider's submission server (implicit TLS, ``localhost`` certificate) on a free
+    port, knowing ``pec_mailbox`` and delivering that mailbox's receipts into its INBOX.
+    Other settings: construct :class:`tests.fixtures.pec_provider.PecProvider` directly."""
+    with PecProvider(dovecot, pki, pec_gestore) as provider:
+        provider.add_mailbox(pec_mailbox.address, pec_mailbox.password)
+        yield provider

@@ -3,9 +3,10 @@
 What: CRLF byte strings shaped like what an Italian PEC provider puts in a mailbox (``PEC.md``
 sections 1-3): the busta di trasporto around an incoming certified message, the ricevuta di
 accettazione, the avvenuta-consegna ``completa`` (carrying ``postacert.eml``), the avviso di
-mancata consegna (``errore="no-dest"`` with ``errore-esteso``), the busta di anomalia (no
-``daticert.xml``), an ordinary unsigned message, and a busta whose subject needs RFC 2047 and
-whose original carries a PDF.  :func:`sample_mailbox` files them into folders.
+mancata consegna (``errore="no-dest"`` with ``errore-esteso``), the avviso di non accettazione,
+the preavviso di mancata consegna, the busta di anomalia (no ``daticert.xml``), an ordinary
+unsigned message, and a busta whose subject needs RFC 2047 and whose original carries a PDF.
+:func:`sample_mailbox` files them into folders.
 
 Why: the gateway must relay and classify these bytes without altering them, so the demo and the
 tests need the real structure (``multipart/signed`` over ``multipart/mixed`` with
@@ -41,7 +42,8 @@ from cryptography.x509.oid import NameOID
 __all__ = [
     "ROME", "Gestore", "Invio", "make_gestore", "daticert_xml", "messaggio_originale",
     "busta_trasporto", "busta_anomalia", "ricevuta_accettazione", "ricevuta_avvenuta_consegna",
-    "avviso_mancata_consegna", "messaggio_ordinario", "sample_pdf", "sample_mailbox",
+    "avviso_mancata_consegna", "avviso_non_accettazione", "preavviso_mancata_consegna",
+    "messaggio_ordinario", "sample_pdf", "sample_mailbox",
 ]
 
 ROME = ZoneInfo("Europe/Rome")
@@ -161,7 +163,11 @@ def _signed(top: list[tuple[str, str]], parts: list[bytes], gestore: Gestore, se
 
 @dataclass(frozen=True)
 class Invio:
-    """One PEC send: who, to whom, what, when.  M and I derive from it and ``seed``."""
+    """One PEC send: who, to whom, what, when.  M and I derive from it and ``seed``.
+
+    A send that really happened (a provider simulator's submission) gives M, I and the submitted
+    bytes instead: ``message_id``, ``pec_id`` and ``originale``; ``postacert.eml`` is then the
+    submitted message as the provider rewrites it (PEC.md section 2)."""
 
     mittente: str
     destinatari: tuple[str, ...]          # PEC ("certificato") recipients, in To:
@@ -171,6 +177,9 @@ class Invio:
     esterni: tuple[str, ...] = ()         # ordinary-mail ("esterno") recipients, in Cc:
     allegati: tuple[tuple[str, str, bytes], ...] = ()   # (filename, content type, data)
     seed: str = "pec-samples"
+    message_id: str | None = None         # M as submitted, "<...>"; derived when None
+    pec_id: str | None = None             # I as assigned by the provider; derived when None
+    originale: bytes | None = None        # the submitted message, exact bytes
 
     def __str__(self) -> str:  # the stable key that M, I and boundaries are hashed from
         return f"{self.seed}|{self.mittente}|{self.oggetto}|{self.inviato.isoformat()}"
@@ -178,6 +187,8 @@ class Invio:
     @property
     def msgid(self) -> str:
         """M: the Message-ID the sender's client put on the submission."""
+        if self.message_id is not None:
+            return self.message_id
         stamp = self.inviato.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
         host = "gw." + _domain(self.mittente).removeprefix("pec.")
         return f"<{stamp}.{_token(self, 'M', n=8)}@{host}>"
@@ -185,6 +196,8 @@ class Invio:
     @property
     def identificativo(self) -> str:
         """I: the PEC identifier assigned by the sender's provider (Aruba-like shape)."""
+        if self.pec_id is not None:
+            return self.pec_id
         return _provider_id(self.inviato + dt.timedelta(seconds=2), _domain(self.mittente),
                             self, "I")
 
@@ -225,8 +238,27 @@ def daticert_xml(tipo: str, invio: Invio, *, emesso: dt.datetime, gestore_emitte
     return "\n".join(lines).encode("utf-8")
 
 
+def _riscritto(invio: Invio) -> bytes:
+    """The submitted bytes as the provider rewrites them (PEC.md section 2): a ``Received:``
+    on top, ``Message-ID`` set to I, the original ID moved to ``X-Riferimento-Message-ID``."""
+    head, _, body = invio.originale.partition(CRLF + CRLF)
+    kept, dropped = [], False
+    for line in head.split(CRLF):
+        if not line[:1].isspace():  # a new field; continuation lines follow their field
+            dropped = line.split(b":", 1)[0].strip().lower() == b"message-id"
+        if not dropped:
+            kept.append(line)
+    received = (f"Received: from client by {_domain(invio.mittente)} with ESMTPSA;\r\n"
+                f"\t{format_datetime(invio.inviato)}").encode("ascii")
+    fields = _headers([("Message-ID", f"<{invio.identificativo}>"),
+                       ("X-Riferimento-Message-ID", invio.msgid)])
+    return received + CRLF + CRLF.join(kept) + CRLF + fields + CRLF + body
+
+
 def messaggio_originale(invio: Invio, *, rewritten: bool = True) -> bytes:
     """The sender's message; ``rewritten`` as providers deliver it (Message-ID = I)."""
+    if invio.originale is not None:
+        return _riscritto(invio) if rewritten else invio.originale
     top = [("Date", format_datetime(invio.inviato)), ("From", invio.mittente),
            ("To", ", ".join(invio.destinatari))]
     top += [("Cc", ", ".join(invio.esterni))] if invio.esterni else []
@@ -326,15 +358,17 @@ def ricevuta_accettazione(invio: Invio, gestore: Gestore) -> bytes:
 
 
 def ricevuta_avvenuta_consegna(invio: Invio, destinatario: str, gestore: Gestore,
-                               *, ritardo: int = 5) -> bytes:
-    """Delivery receipt ``completa`` from the recipient's provider, with ``postacert.eml``."""
+                               *, ritardo: int = 5, ricevuta: str = "completa") -> bytes:
+    """Delivery receipt from the recipient's provider: ``completa`` carries ``postacert.eml``,
+    ``sintetica`` (asked for, or a Cc recipient's) does not (PEC.md section 2)."""
     when = invio.inviato + dt.timedelta(seconds=ritardo)
     testo = _testo("Ricevuta di avvenuta consegna", invio, when, "proveniente da",
                    f'ed indirizzato a "{destinatario}"',
                    "è stato consegnato nella casella di destinazione.",
                    f"Identificativo messaggio: {invio.identificativo}")
     return _ricevuta("avvenuta-consegna", "CONSEGNA: ", invio, when, _domain(destinatario), testo,
-                     gestore, about=destinatario, eml=True, consegna=destinatario)
+                     gestore, about=destinatario, eml=ricevuta != "sintetica",
+                     consegna=destinatario, ricevuta=ricevuta)
 
 
 def avviso_mancata_consegna(invio: Invio, destinatario: str, gestore: Gestore, *,
@@ -349,6 +383,40 @@ def avviso_mancata_consegna(invio: Invio, destinatario: str, gestore: Gestore, *
                    f"Identificativo messaggio: {invio.identificativo}")
     return _ricevuta("errore-consegna", "AVVISO DI MANCATA CONSEGNA: ", invio, when, dom, testo,
                      gestore, about=destinatario, errore=errore, consegna=destinatario,
+                     errore_esteso=errore_esteso)
+
+
+def avviso_non_accettazione(invio: Invio, gestore: Gestore, *, virus: bool = False,
+                            motivo: str | None = None, ritardo: int = 2) -> bytes:
+    """The sender's provider refuses the send after taking it (PEC.md section 1): final for the
+    whole send.  ``virus`` gives ``errore="virus"`` and the "PER VIRUS" subject; otherwise a
+    formal error (``altro``, e.g. a Bcc or the size limit) whose ``motivo`` goes into
+    ``errore-esteso`` after an enhanced status code and the provider's name."""
+    when, dom = invio.inviato + dt.timedelta(seconds=ritardo), _domain(invio.mittente)
+    motivo = motivo or ("virus rilevato" if virus else "errore formale")
+    errore_esteso = f"5.7.1 - {_gestore_name(dom)} - {motivo}"
+    testo = _testo("Avviso di non accettazione", invio, when, "proveniente da",
+                   "non è stato accettato dal sistema a causa di "
+                   + ("un virus." if virus else f"un errore: {errore_esteso}"),
+                   f"Identificativo messaggio: {invio.identificativo}")
+    prefix = "AVVISO DI NON ACCETTAZIONE PER VIRUS: " if virus else "AVVISO DI NON ACCETTAZIONE: "
+    return _ricevuta("non-accettazione", prefix, invio, when, dom, testo, gestore,
+                     errore="virus" if virus else "altro", errore_esteso=errore_esteso)
+
+
+def preavviso_mancata_consegna(invio: Invio, destinatario: str, gestore: Gestore, *,
+                               ritardo: int = 12 * 3600) -> bytes:
+    """The sender's provider warns that ``destinatario`` got nothing within the time limit
+    (PEC.md section 1: 12 h, then 24 h, same header and subject).  A consegna may still follow."""
+    when, dom = invio.inviato + dt.timedelta(seconds=ritardo), _domain(invio.mittente)
+    errore_esteso = f"4.4.7 - {_gestore_name(dom)} - tempo massimo di consegna superato"
+    testo = _testo("Avviso di mancata consegna per superamento dei tempi massimi", invio, when,
+                   "proveniente da", f"ed indirizzato a: {destinatario}",
+                   "non è ancora stato consegnato nei tempi previsti.",
+                   f"Identificativo messaggio: {invio.identificativo}")
+    return _ricevuta("preavviso-errore-consegna",
+                     "AVVISO DI MANCATA CONSEGNA PER SUP. TEMPO MASSIMO: ", invio, when, dom, testo,
+                     gestore, about=destinatario, consegna=destinatario,
                      errore_esteso=errore_esteso)
 
 
