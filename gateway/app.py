@@ -15,7 +15,6 @@ from collections.abc import Callable
 from importlib import metadata
 
 from gateway.audit.setup import build_sink, open_trail
-from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.otp import OtpVerifier
 from gateway.auth.trust import TrustWindow
@@ -23,6 +22,8 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
+from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
+from gateway.smtp_proxy.server import SmtpFront
 from gateway.vault import Vault, VaultError, otp_key
 from policy import PolicyError
 
@@ -102,13 +103,16 @@ class Gateway:
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version())
         self.imap = ImapFront(self.services)
+        self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         self.audit.start()
         await self.imap.start()
+        await self.smtp.start()
 
     async def stop(self) -> None:
+        await self.smtp.stop()
         await self.imap.stop()
         await self.audit.close()
         self.audit_store.close()

@@ -71,6 +71,28 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """A mailbox's provider submission server (``[mailboxes.NAME.smtp]``) and its limits."""
+
+    upstream: UpstreamConfig
+    max_recipients: int = 100
+    max_total_bytes: int = 100 * 1000 * 1000  # message size x recipients (PEC.md section 5)
+    timeout_s: float = 120.0  # per SMTP step toward the provider (DATA of a large message included)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """The submission front (``[smtp]``): 465 implicit TLS, 587 STARTTLS required before AUTH."""
+
+    listeners: tuple[ListenerConfig, ...]
+    cert_file: Path
+    key_file: Path
+    tls_min_version: str = "TLSv1.2"
+    max_message_bytes: int = 100 * 1000 * 1000
+    timeout_s: float = 300.0  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+
+
+@dataclass(frozen=True)
 class MailboxConfig:
     """How to reach one PEC mailbox at its provider.  Who may use it is the policy file's business."""
 
@@ -78,6 +100,7 @@ class MailboxConfig:
     address: str
     imap: UpstreamConfig
     password_vault_key: str
+    smtp: SubmissionConfig | None = None  # None: no sending from this mailbox
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,7 @@ class GatewayConfig:
     pid_file: Path  # written by 'pecgw serve', read by 'pecgw reload'; default <vault folder>/pecgw.pid
     log_level: str = "INFO"
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
+    smtp: SmtpConfig | None = None  # None: no submission front
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,18 +284,52 @@ def _imap(t: _Table) -> ImapConfig:
     return cfg
 
 
-def _upstream(t: _Table) -> UpstreamConfig:
+def _smtp(t: _Table, imap: ImapConfig) -> SmtpConfig:
+    listeners = [_listener(x, t, "listen_tls", "implicit") for x in t.strings("listen_tls")]
+    listeners += [_listener(x, t, "listen_starttls", "starttls") for x in t.strings("listen_starttls")]
+    if not listeners:
+        raise t.error("listen_tls", "no listener configured (set listen_tls and/or listen_starttls)")
+    cert, key = t.path("cert_file", imap.cert_file), t.path("key_file", imap.key_file)
+    if cert is None or key is None:
+        raise t.error("cert_file", "required (or set [imap] cert_file and key_file): submission is TLS only")
+    cfg = SmtpConfig(
+        listeners=tuple(listeners), cert_file=cert, key_file=key,
+        tls_min_version=t.str("tls_min_version", imap.tls_min_version, choices=("TLSv1.2", "TLSv1.3")),
+        max_message_bytes=t.int("max_message_size", 100 * 1000 * 1000, minimum=1024),
+        timeout_s=t.float("timeout", 300.0, minimum=1.0),
+    )
+    t.done()
+    return cfg
+
+
+def _submission(t: _Table, imap: UpstreamConfig) -> SubmissionConfig:
+    """``[mailboxes.NAME.smtp]``: like the imap table (the username defaults to the IMAP one)."""
+    limits = SubmissionConfig(imap)
+    cfg = SubmissionConfig(
+        upstream=_upstream(t, default_port=465, default_username=imap.username, finish=False),
+        max_recipients=t.int("max_recipients", limits.max_recipients, minimum=1),
+        max_total_bytes=t.int("max_total_size", limits.max_total_bytes, minimum=1024),
+        timeout_s=t.float("timeout", limits.timeout_s, minimum=1.0),
+    )
+    t.done()
+    return cfg
+
+
+def _upstream(t: _Table, *, default_port: int = 993, default_username: Any = _REQUIRED,
+              finish: bool = True) -> UpstreamConfig:
+    """A provider server's table; ``finish``: no other keys may be in it."""
     cfg = UpstreamConfig(
         host=t.str("host", _REQUIRED),
-        port=t.int("port", 993, minimum=1, maximum=65535),
+        port=t.int("port", default_port, minimum=1, maximum=65535),
         tls=t.str("tls", "implicit", choices=("implicit", "starttls")),
-        username=t.str("username", _REQUIRED),
+        username=t.str("username", default_username),
         ca_file=t.path("ca_file"),
         server_name=t.str("server_name"),
         connect_timeout_s=t.float("connect_timeout", 10.0, minimum=0.1),
         login_timeout_s=t.float("login_timeout", 20.0, minimum=0.1),
     )
-    t.done()
+    if finish:
+        t.done()
     return cfg
 
 
@@ -392,10 +450,12 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
         if "offices" in m.data:
             raise m.error("offices", "who may use a mailbox is set in the policy file ([policy] file): "
                                      f"its [mailboxes.{name}] rules and send list")
+        upstream = _upstream(m.table("imap", required=True))
+        st = m.table("smtp")
         mailboxes[name] = MailboxConfig(
-            name=name, address=m.str("address", _REQUIRED),
-            imap=_upstream(m.table("imap", required=True)),
-            password_vault_key=m.str("password_vault_key", f"mailbox/{name}"))
+            name=name, address=m.str("address", _REQUIRED), imap=upstream,
+            password_vault_key=m.str("password_vault_key", f"mailbox/{name}"),
+            smtp=_submission(st, upstream) if st is not None else None)
         m.done()
     if not mailboxes:
         raise mt.error("", "at least one mailbox is required")
@@ -406,10 +466,12 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     if data.get("pid_file") == "":
         raise root.error("pid_file", "must not be empty (omit it for the default, next to the vault)")
     pid_file = root.path("pid_file", vault.path.parent / "pecgw.pid")
+    smtp_t = root.table("smtp")
+    smtp = _smtp(smtp_t, imap) if smtp_t is not None else None
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
                          policy_file=policy_file, mailboxes=mailboxes, pid_file=pid_file,
-                         log_level=log_level, demo=demo)
+                         log_level=log_level, demo=demo, smtp=smtp)
 
 
 def load_config(path: Path | str) -> GatewayConfig:

@@ -25,6 +25,8 @@ class Action:
     DENIED = "denied"  # a command refused by the folder policy; detail names the rule
     FOLDER_WITHDRAWN = "folder_withdrawn"  # a policy reload closed the selected folder
     ACCESS_WITHDRAWN = "access_withdrawn"  # a policy reload left the person no access to the mailbox
+    SEND = "send"  # a PEC submission, recorded before it goes to the provider
+    SEND_RESULT = "send_result"  # the provider's answer to it (or "outcome unknown")
 
 
 class Decision:

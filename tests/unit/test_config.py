@@ -36,6 +36,26 @@ def test_example_config_parses():
     assert cfg.mailboxes["protocollo"].imap.host == "imaps.pec.aruba.it"
     assert cfg.auth.trust_window_s == 43200 and cfg.imap.limits.max_literal == 104857600
     assert {listener.tls for listener in cfg.imap.listeners} == {"implicit", "starttls"}
+    assert [(x.port, x.tls) for x in cfg.smtp.listeners] == [(465, "implicit"), (587, "starttls")]
+    assert cfg.smtp.cert_file == cfg.imap.cert_file  # defaults to the IMAP certificate
+    sub = cfg.mailboxes["protocollo"].smtp
+    assert (sub.upstream.host, sub.upstream.port, sub.upstream.username) == (
+        "smtps.pec.aruba.it", 465, "protocollo@pec.example.it")  # username: the IMAP one by default
+    assert (sub.max_recipients, sub.max_total_bytes, sub.timeout_s) == (100, 100_000_000, 120.0)
+
+
+def test_smtp_is_optional_and_checked(tmp_path):
+    assert parse_config(minimal(), tmp_path / "gw.toml").smtp is None
+    for override, key in (({"smtp": {"listen_tls": []}}, "smtp.listen_tls"),
+                          ({"smtp": {"listen_tls": ["127.0.0.1:465"], "typo": 1}}, "smtp.typo"),
+                          ({"mailboxes__protocollo__smtp": {"host": "h", "max_recipients": 0}},
+                           "mailboxes.protocollo.smtp.max_recipients"),
+                          ({"mailboxes__protocollo__smtp": {"host": "h", "tls": "none"}},
+                           "mailboxes.protocollo.smtp.tls"),
+                          ({"mailboxes__protocollo__smtp": {"port": 465}}, "mailboxes.protocollo.smtp.host")):
+        with pytest.raises(ConfigError) as info:
+            parse_config(minimal(**override), tmp_path / "gw.toml")
+        assert info.value.key == key
 
 
 def test_relative_paths_resolve_against_the_file(tmp_path):

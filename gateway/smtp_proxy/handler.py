@@ -1,0 +1,302 @@
+"""The submission front's aiosmtpd handler: who is sending, the PEC rules, the relay, the audit.
+
+aiosmtpd speaks SMTP; this handler decides.  Per client connection, after ``AUTH``:
+
+* **AUTH PLAIN / LOGIN** (``handle_AUTH``, so the directory lookup is awaited and never blocks
+  the loop; aiosmtpd's own ``authenticator`` callback is synchronous): the same login as IMAP —
+  directory password plus TOTP, trust window, failure delay, ``alice#mailbox`` to pick a mailbox.
+  A failure says only ``535 5.7.8``, whatever failed (no user enumeration).
+* **MAIL FROM**: the person's ``send`` right on the mailbox, then the provider connection is
+  opened with the vaulted password and the *mailbox's* address goes up as the envelope sender.
+* **RCPT TO**: the recipient count and the office's recipient patterns, then the provider's own
+  answer for that recipient is passed back as it is.
+* **DATA**: the header rules (:mod:`gateway.smtp_proxy.rules`), a Message-ID if missing, the
+  ``send`` audit row *before* the message goes up, the provider's answer, the ``send_result`` row.
+
+Every refusal is an audit row (``denied``, with the rule) and the client gets its exact reply.
+While the audit trail cannot take rows, sends are refused with ``451 4.3.0`` (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import secrets
+from base64 import b64decode
+from dataclasses import dataclass, field
+
+from aiosmtpd.smtp import MISSING
+
+from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
+from gateway.config import MailboxConfig
+from gateway.login import Failure, LoginRequest, LoginResult
+from gateway.secret import Secret
+from gateway.smtp_proxy.message import summarise, with_message_id
+from gateway.smtp_proxy.rules import (Refusal, SendLimits, check_message, check_recipient, check_sender_right,
+                                      normalise)
+from gateway.smtp_proxy.upstream import ProviderError, ProviderSubmission
+from policy.evaluate import mailbox_send_allowed
+
+__all__ = ["SubmissionHandler", "Sender"]
+
+log = logging.getLogger("pecgw.smtp")
+
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
+AUDIT_DOWN = "451 4.3.0 The audit trail cannot be written now; nothing was sent, try again later"
+
+
+@dataclass
+class Sender:
+    """One authenticated client connection: who, for which mailbox, and its provider connection."""
+
+    session_id: str
+    client_ip: str
+    result: LoginResult
+    mailbox: MailboxConfig
+    provider: ProviderSubmission | None = None
+    given_from: str | None = None  # the client's MAIL FROM (the mailbox's address goes up)
+    accepted: list[str] = field(default_factory=list)  # recipients the provider accepted
+
+    @property
+    def person(self) -> str | None:
+        return self.result.person
+
+
+class SubmissionHandler:
+    """aiosmtpd hooks for one listener; ``services`` as for IMAP (login, vault, audit, policy)."""
+
+    def __init__(self, services) -> None:
+        self.services = services
+
+    # ------------------------------------------------------------------ audit
+    def _audit(self, session, action: str, decision: str, *, sender: Sender | None = None, reason: str | None = None,
+               detail: dict | None = None, message: MessageRef | None = None, person: str | None = None) -> None:
+        sid = getattr(session, "pec_session_id", None) or _session_id(session)
+        result = sender.result if sender is not None else None
+        self.services.audit.emit(AuditEvent(
+            when=utc_now(), session_id=sid, protocol="smtp", action=action, decision=decision,
+            person=person or (result.person if result else None), offices=result.offices if result else (),
+            mailbox=sender.mailbox.name if sender else None, client_ip=_peer_ip(session),
+            client_name=session.host_name, reason=reason, detail=detail or {}, message=message))
+
+    def _refused(self, session, sender: Sender, refusal: Refusal, command: str, **detail) -> str:
+        self._audit(session, Action.DENIED, Decision.DENY, sender=sender, reason=refusal.rule,
+                    detail={"command": command, "rule": refusal.rule, "reply": refusal.reply, **detail})
+        return refusal.reply
+
+    # ------------------------------------------------------------------ AUTH
+    async def handle_AUTH(self, server, session, envelope, args: list[str]):
+        mechanism = args[0].upper()
+        if mechanism == "PLAIN":
+            creds = await _plain(server, args)
+        elif mechanism == "LOGIN":
+            creds = await _login(server, args)
+        else:
+            return "504 5.5.4 Unrecognized authentication type"
+        if creds is None:
+            return None  # the client aborted or sent bad base64: aiosmtpd has answered
+        authzid, login, password = creds
+        request = LoginRequest(login=login, credential=Secret(password), client_ip=_peer_ip(session) or "",
+                               protocol="smtp", mailbox_hint=authzid or None)
+        result = await self.services.login_service.login(request)
+        if not result.ok:
+            action = Action.UPSTREAM_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else Action.LOGIN_FAILED
+            self._audit(session, action, Decision.DENY, reason=result.reason, person=result.person or login,
+                        detail={"mechanism": mechanism})
+            return AUTH_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else AUTH_INVALID
+        sender = Sender(_session_id(session), _peer_ip(session) or "", result,
+                        self.services.config.mailboxes[result.mailbox])
+        session.authenticated, session.auth_data = True, sender
+        self._audit(session, Action.LOGIN, Decision.ALLOW, sender=sender, reason=result.reason,
+                    detail={"mechanism": mechanism})
+        return "235 2.7.0 Authentication successful"
+
+    # ------------------------------------------------------------------ the transaction
+    async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]):
+        sender: Sender = session.auth_data
+        smtp = sender.mailbox.smtp
+        if smtp is None:
+            return self._refused(session, sender, Refusal(550, "5.7.1", f"Sending is not set up for "
+                                                          f"{sender.mailbox.address}", "no_submission"), "MAIL")
+        decision = mailbox_send_allowed(self.services.policy.current, sender.result.offices, sender.mailbox.name)
+        refusal = check_sender_right(decision.rights.send, sender.mailbox.address)
+        if refusal is not None:
+            return self._refused(session, sender, refusal, "MAIL")
+        if not self.services.audit.accepting:
+            return AUDIT_DOWN
+        try:
+            if sender.provider is None:
+                password = self.services.vault.get(sender.mailbox.password_vault_key)
+                if password is None:
+                    raise ProviderError((454, "4.7.0 The mailbox's password is not in the gateway's vault"),
+                                        f"vault entry {sender.mailbox.password_vault_key!r} missing")
+                sender.provider = ProviderSubmission(smtp, password)
+            await sender.provider.open()
+            code, text = await sender.provider.mail(sender.mailbox.address, _size(mail_options))
+        except ProviderError as exc:
+            return self._provider_failed(session, sender, exc, "MAIL")
+        if code != 250:
+            return f"{code} {text}"
+        envelope.mail_from, envelope.mail_options = address, list(mail_options)
+        sender.given_from, sender.accepted = address, []
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]):
+        sender: Sender = session.auth_data
+        smtp = sender.mailbox.smtp
+        if smtp is None or sender.provider is None:
+            return _restart(envelope)
+        policy = self.services.policy.current
+        offices = [(o.send_to_allow, o.send_to_deny) for name in sender.result.offices
+                   if (o := policy.offices.get(name)) is not None and name in _sending_offices(policy, sender)]
+        refusal = check_recipient(address, len(envelope.rcpt_tos), _limits(smtp), offices)
+        if refusal is not None:
+            return self._refused(session, sender, refusal, "RCPT", recipient=normalise(address))
+        try:
+            code, text = await sender.provider.rcpt(address)
+        except ProviderError as exc:
+            envelope.mail_from, envelope.rcpt_tos = None, []
+            return self._provider_failed(session, sender, exc, "RCPT")
+        if code in (250, 251):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return f"{code} {text}"
+
+    async def handle_DATA(self, server, session, envelope):
+        sender: Sender = session.auth_data
+        smtp = sender.mailbox.smtp
+        if smtp is None or sender.provider is None:
+            return _restart(envelope)
+        original = envelope.original_content or b""
+        summary = await asyncio.to_thread(summarise, original)
+        refusal = check_message(summary, envelope.rcpt_tos, sender.mailbox.address, _limits(smtp))
+        if refusal is not None:
+            await sender.provider.rset()
+            return self._refused(session, sender, refusal, "DATA", message_id=summary.message_id)
+        if not self.services.audit.accepting:
+            await sender.provider.rset()
+            return AUDIT_DOWN
+        domain = sender.mailbox.address.rpartition("@")[2]
+        message, message_id, added = with_message_id(original, summary, domain)
+        ref = MessageRef(message_id=message_id, subject=summary.subject, sender=", ".join(summary.from_))
+        self._audit(session, Action.SEND, Decision.ALLOW, sender=sender, message=ref, detail={
+            "envelope_from": sender.given_from, "recipients": [normalise(r) for r in envelope.rcpt_tos],
+            "size": len(message), "message_id_added": added,
+            "attachments": [f"{a.name} sha256:{a.sha256}" for a in summary.attachments]})
+        try:
+            code, text = await sender.provider.data(message)
+        except ProviderError as exc:
+            self._audit(session, Action.SEND_RESULT, Decision.ERROR, sender=sender, message=ref,
+                        reason="outcome_unknown", detail={"reply": f"{exc.reply[0]} {exc.reply[1]}"})
+            log.error("session %s: %s", sender.session_id, exc.log)
+            return f"{exc.reply[0]} {exc.reply[1]}"
+        self._audit(session, Action.SEND_RESULT, Decision.ALLOW if code == 250 else Decision.DENY, sender=sender,
+                    message=ref, detail={"reply": f"{code} {text}"})
+        return f"{code} {text}"
+
+    async def handle_RSET(self, server, session, envelope):
+        sender = session.auth_data
+        if isinstance(sender, Sender) and sender.provider is not None:
+            await sender.provider.rset()
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        await self.closed(session)
+        return "221 2.0.0 Bye"
+
+    async def closed(self, session) -> None:
+        """The client connection ended (QUIT or lost): close the provider connection."""
+        sender = session.auth_data
+        if isinstance(sender, Sender) and sender.provider is not None:
+            provider, sender.provider = sender.provider, None
+            await provider.close()
+
+    def _provider_failed(self, session, sender: Sender, exc: ProviderError, command: str) -> str:
+        log.error("session %s: %s", sender.session_id, exc.log)
+        self._audit(session, Action.UPSTREAM_UNAVAILABLE, Decision.ERROR, sender=sender, reason="provider",
+                    detail={"command": command, "reply": f"{exc.reply[0]} {exc.reply[1]}"})
+        sender.provider = None
+        return f"{exc.reply[0]} {exc.reply[1]}"
+
+
+def _restart(envelope) -> str:
+    """The provider connection went away mid-transaction: the client starts again at MAIL FROM."""
+    envelope.mail_from, envelope.rcpt_tos = None, []
+    return "451 4.4.2 The connection to the PEC provider was lost; start again with MAIL FROM"
+
+
+def _limits(smtp) -> SendLimits:
+    return SendLimits(smtp.max_recipients, smtp.max_total_bytes)
+
+
+def _sending_offices(policy, sender: Sender) -> set[str]:
+    """The person's offices that may send from the mailbox (their recipient patterns apply)."""
+    mb = policy.mailboxes.get(sender.mailbox.name)
+    return set(mb.send_offices) if mb is not None else set()
+
+
+def _size(mail_options: list[str]) -> int:
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _peer_ip(session) -> str | None:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+def _session_id(session) -> str:
+    sid = getattr(session, "pec_session_id", None)
+    if sid is None:
+        sid = secrets.token_hex(8)
+        session.pec_session_id = sid
+    return sid
+
+
+def _decoded(blob: str) -> bytes | None:
+    try:
+        return b64decode(blob.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _first_response(server, args: list[str], challenge: str) -> bytes | None:
+    """The mechanism's first client response: the initial response on the AUTH line (RFC 4954),
+    or the answer to ``challenge``; None when the client aborted or sent bad base64 (aiosmtpd's
+    ``challenge_auth`` has answered then, and so has this)."""
+    if len(args) > 1:
+        blob = _decoded(args[1])
+        if blob is None:
+            await server.push("501 5.5.2 Can't decode base64")
+        return blob
+    blob = await server.challenge_auth(challenge)
+    return None if blob is MISSING else blob
+
+
+async def _plain(server, args: list[str]) -> tuple[str, str, str] | None:
+    """RFC 4616: ``authzid NUL authcid NUL password``, with or without an initial response."""
+    blob = await _first_response(server, args, "")
+    if blob is None:
+        return None
+    parts = blob.split(b"\x00")
+    if len(parts) != 3:
+        await server.push("501 5.5.2 Can't split auth value")
+        return None
+    authzid, login, password = (p.decode("utf-8", "replace") for p in parts)
+    return authzid, login, password
+
+
+async def _login(server, args: list[str]) -> tuple[str, str, str] | None:
+    """The LOGIN mechanism: user name, then password, each base64 after a 334 challenge."""
+    login = await _first_response(server, args, server.AuthLoginUsernameChallenge)
+    if login is None:
+        return None
+    password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+    if password is MISSING:
+        return None
+    return "", login.decode("utf-8", "replace"), password.decode("utf-8", "replace")
