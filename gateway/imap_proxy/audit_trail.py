@@ -106,6 +106,7 @@ class AuditTrail:
         self._running: dict[str, _Running] = {}
         self._order: deque[str] = deque()  # running tags, oldest first
         self._selecting: tuple[str, str, bool] | None = None  # (tag, folder, read-only)
+        self._deselect_after: set[str] | None = None  # the folder goes when these commands are done
         self._select_view: MailboxView | None = None
 
     # ------------------------------------------------------------------ client commands
@@ -164,7 +165,7 @@ class AuditTrail:
         if name == "EXISTS" and head.number is not None and view is not None:
             view.exists(head.number)
         elif name == "FETCH" and head.number is not None:
-            return self._fetched(frame)
+            return self._fetched(frame, head.number)
         elif name == "EXPUNGE" and head.number is not None and self.view is not None:
             return self._left([self.view.expunge(head.number)])
         elif name == "VANISHED" and self.view is not None:
@@ -183,10 +184,12 @@ class AuditTrail:
                 running.moved.extend(pairs)
         return []
 
-    def _fetched(self, frame: Frame) -> list[Happened]:
-        data = parse_fetch(frame)
-        if data is None or self.view is None:
+    def _fetched(self, frame: Frame, seq: int) -> list[Happened]:
+        if self.view is None:
             return []
+        data = parse_fetch(frame)
+        if data is None:
+            return self._unreadable_fetch(seq)
         if data.uid is not None:
             self.view.learn(data.seq, data.uid)
         uid = data.uid if data.uid is not None else self.view.uid_of(data.seq)
@@ -203,6 +206,16 @@ class AuditTrail:
         kind = "body" if data.body else "headers" if data.headers else "metadata"
         return [Happened("fetch", self.folder, self._ref(uid), {
             "content": kind, "items": list(data.content + data.headers + data.other)}, data.seq)]
+
+    def _unreadable_fetch(self, seq: int) -> list[Happened]:
+        """A FETCH reply the tokeniser cannot read (a BODYSTRUCTURE nested deeper than its limit:
+        the sender of a PEC chooses that structure) still went to the person: a row that says
+        what is known, rather than none."""
+        uid = self.view.uid_of(seq) if self.view is not None else None
+        running = self._owner(seq, uid)
+        if running is None or running.name != "FETCH":
+            return []
+        return [Happened("fetch", self.folder, self._ref(uid), {"content": "unknown", "items": []}, seq)]
 
     def _vanished(self, frame: Frame) -> list[Happened]:
         text = frame.lines[0].decode("latin-1").split()
@@ -227,6 +240,8 @@ class AuditTrail:
         if running is None:
             return []
         if running.uid and running.members is not None:
+            # a message whose UID the view never learnt may still be one the command named: its
+            # row is kept (over-recorded rather than lost)
             uids = [u for u in uids if u is None or u in running.members]
         if running.name == "MOVE":
             running.left.extend(uids)  # the move rows, if the provider sends no COPYUID
@@ -241,6 +256,13 @@ class AuditTrail:
         if tag in self._order:
             self._order.remove(tag)
         status = parse_status(frame)
+        if self._deselect_after is not None:
+            self._deselect_after.discard(tag)
+            if not self._deselect_after:
+                self._deselect_after = None
+                rows = self._confirmed(running, status) if running is not None and status.status == "OK" else []
+                self.folder, self.view = None, None
+                return rows
         ok = status.status == "OK"
         if self._selecting is not None and self._selecting[0] == tag:
             _tag, folder, examine = self._selecting
@@ -291,28 +313,30 @@ class AuditTrail:
         with the destination unknown."""
         if status.code == "COPYUID":
             return _uid_pairs(status.code_data, self._size())
-        return None, [(src, None) for src in self._uids_of(running.messages, running.uid)]
+        return None, [(src, None) for _seq, src in self._named(running.messages, running.uid)]
 
     def _silent_store(self, running: _Running) -> list[Happened]:
-        """``STORE … .SILENT`` sends no FETCH replies: one row per message of its set, as known."""
+        """``STORE … .SILENT`` sends no FETCH replies: one row per message of its set, as known
+        (by number when its UID is not known yet, so the identity lookup can still name it)."""
         op, flags, _silent = running.flags or ("", "", True)
-        return [Happened("flags", self.folder, self._ref(uid), {"change": op, "flags": flags, "now": None})
-                for uid in self._uids_of(running.messages, running.uid)]
+        return [Happened("flags", self.folder, self._ref(uid), {"change": op, "flags": flags, "now": None},
+                         seq if uid is None else None)
+                for seq, uid in self._named(running.messages, running.uid)]
 
     def _size(self) -> int:
         """How many messages the selected folder holds (at least 1: a bound, never a count)."""
         return max(len(self.view) if self.view is not None else 0, 1)
 
-    def _uids_of(self, text: str, uid: bool) -> list[int | None]:
-        """The messages a sequence set (or UID set) names in the view, in folder order; however
-        large the set, the work is bounded by the folder's size."""
+    def _named(self, text: str, uid: bool) -> list[tuple[int | None, int | None]]:
+        """(number, UID) of the messages a sequence set (or UID set) names in the view, in folder
+        order; however large the set, the work is bounded by the folder's size."""
         view = self.view
         members = self._members(text, uid)
         if view is None or members is None:
             return []
         if uid:
-            return list(members.among(view.uids()))
-        return [view.uid_of(n) for n in range(1, len(view) + 1) if n in members]
+            return [(None, u) for u in members.among(view.uids())]
+        return [(n, view.uid_of(n)) for n in range(1, len(view) + 1) if n in members]
 
     def _members(self, text: str, uid: bool) -> SequenceSet | None:
         """The sequence numbers (or UIDs) a command's set names, ``*`` as the last one; None when
@@ -343,8 +367,12 @@ class AuditTrail:
         return seq in running.members
 
     def deselected(self) -> None:
-        """The gateway itself left the folder (a policy reload withdrew it)."""
-        self.folder, self.view = None, None
+        """The gateway itself left the folder (a policy reload withdrew it).  Commands relayed
+        before still run in it and their replies still need the view: it goes when they are done."""
+        if self._order:
+            self._deselect_after = set(self._order)
+        else:
+            self.folder, self.view = None, None
 
     def _ref(self, uid: int | None) -> MessageRef:
         return MessageRef(self.view.uidvalidity if self.view is not None else None, uid)

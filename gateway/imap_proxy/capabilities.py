@@ -5,7 +5,9 @@ login the client sees what the provider offers *minus* everything the gateway ca
 not let through: ``COMPRESS`` (the gateway has to read every byte), ``STARTTLS``/``AUTH=``/
 ``LOGINDISABLED``/``SASL-IR`` (login is over), ``ACL``/``RIGHTS=`` (the gateway answers access
 control itself), ``UTF8=`` and ``IMAP4rev2`` (they change mailbox-name and response syntax),
-``BINARY``/``CATENATE``/``URLAUTH``/``NOTIFY``/``METADATA`` (not parsed yet).
+``BINARY``/``CATENATE``/``URLAUTH``/``NOTIFY``/``METADATA`` (not parsed yet), ``SEARCHRES``
+and ``MULTIAPPEND`` (a saved ``$`` result or several messages in one APPEND would leave the
+audit trail unable to say which messages a command touched).
 
 Clients such as mbsync and Thunderbird never send CAPABILITY: they read the list from the greeting
 and from the tagged OK of LOGIN/AUTHENTICATE, so those codes are written by the gateway too.
@@ -35,7 +37,6 @@ ALLOWED = frozenset(
         "LIST-EXTENDED",
         "LIST-STATUS",
         "ESEARCH",
-        "SEARCHRES",
         "SORT",
         "SORT=DISPLAY",
         "ESORT",

@@ -108,6 +108,13 @@ class Verdict:
     expunges: bool = False  # a CLOSE that will expunge (read-write folder, 'e' right)
 
 
+def _appended_messages(cmd: Command) -> int:
+    """How many messages an APPEND uploads: its literals, less the mailbox name if it is one."""
+    first = cmd.frame.lines[0].split()
+    mailbox_literal = len(first) == 3 and first[2].startswith(b"{")
+    return len(cmd.frame.literals) - (1 if mailbox_literal else 0)
+
+
 def _flag_rights(flags: list) -> list[Right] | None:
     """The rights needed to set or clear these flags (RFC 4314 §4 STORE); None when one of them
     is not a flag at all (a flag is an atom: a quoted or nested one might be read differently by
@@ -293,6 +300,8 @@ class FolderGuard:
         refused = self._need(cmd, folder, Right.INSERT, hidden_code="TRYCREATE")
         if refused.reply:
             return refused
+        if _appended_messages(cmd) > 1:  # MULTIAPPEND (RFC 3502): one audit row per message needs one each
+            return Verdict(reply=b"%s NO [CANNOT] One message per APPEND through the gateway\r\n" % cmd.tag.encode())
         flags: list = []
         for arg in cmd.args[1:]:
             if isinstance(arg, list):

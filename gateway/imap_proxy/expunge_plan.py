@@ -7,9 +7,11 @@ Two things make a plain relay wrong for the audit trail:
   person's EXPUNGE may include messages a colleague removed a moment before.
 * **CLOSE expunges silently** (RFC 3501 §6.4.2): no ``* EXPUNGE`` line says what left.
 
-So, at a provider with UIDPLUS (RFC 4315), the gateway first asks ``UID SEARCH DELETED`` (the
+So, at a provider with UIDPLUS (RFC 4315), the gateway first asks ``SEARCH DELETED`` (the
 command is held until every earlier one is done, so the flags it sees are the ones the
-person's earlier STOREs set), and then:
+person's earlier STOREs set) and, for numbers whose UID it does not know yet, ``FETCH n (UID)``
+(:class:`DeletedQuestion`; both by number, so no other session's expunge can be reported to a
+client that has no command running, RFC 3501 §7.4.1), and then:
 
 * EXPUNGE goes up as ``UID EXPUNGE <those UIDs>`` (or as NOOP when none is marked): it removes
   exactly what the person's EXPUNGE would have removed at that moment, and replies about other
@@ -21,18 +23,26 @@ person's earlier STOREs set), and then:
 Without UIDPLUS, EXPUNGE is relayed as it came and CLOSE is preceded by the gateway's own plain
 EXPUNGE: every expunge reported meanwhile is then written as the person's — a colleague's
 simultaneous expunge may appear twice in the trail, but nothing the person removed goes
-unrecorded.
+unrecorded.  So many scattered messages marked that their UID set would make a command line
+longer than :data:`~gateway.imap_proxy.sequence_set.MAX_SET_TEXT` are expunged the same way,
+with the rows still limited to the UIDs found.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import re
+
 from gateway.imap_proxy.commands import Command
 from gateway.imap_proxy.framing import Frame
-from gateway.imap_proxy.sequence_set import format_numbers
+from gateway.imap_proxy.mailbox_view import MailboxView
+from gateway.imap_proxy.responses import parse_status
+from gateway.imap_proxy.sequence_set import format_chunks, format_numbers
 
-__all__ = ["ExpungePlan", "plan_expunge", "search_deleted"]
+__all__ = ["DeletedQuestion", "ExpungePlan", "plan_expunge"]
+
+_UID_ONLY = re.compile(rb"^\* (\d+) FETCH \(UID (\d+)\)\r\n$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -48,24 +58,81 @@ class ExpungePlan:
     own: list[bytes] = field(default_factory=list)
 
 
-def search_deleted(own_tag: str) -> bytes:
-    """The gateway's question before an expunge: which messages are marked \\Deleted now."""
-    return b"%s UID SEARCH DELETED\r\n" % own_tag.encode()
+class DeletedQuestion:
+    """The gateway's question before a held expunge: which messages are marked \\Deleted now,
+    by UID.  ``SEARCH DELETED`` gives numbers; those whose UID the view does not know are asked
+    with ``FETCH n (UID)``.  Neither command may carry EXPUNGE replies, so the numbers hold."""
+
+    answer = "SEARCH"  # the untagged reply that answers the current step
+
+    def __init__(self, tagger, view_of, *, unnamed=lambda n: False, item: str = "",
+                 on_fetch=lambda frame: None) -> None:
+        """``view_of()``: the selected folder's view when the question is asked (a SELECT
+        pipelined before the expunge is done by then).  ``unnamed(n)``: is message ``n``'s
+        identity still to be looked up?  Those are fetched with ``item`` too, and each reply
+        goes to ``on_fetch`` (the identity lookups): once expunged, a message can no longer be
+        asked who it was."""
+        self._tagger, self._view_of = tagger, view_of
+        self._unnamed, self._item, self._on_fetch = unnamed, item, on_fetch
+        self.tag = tagger()
+        self.line = b"%s SEARCH DELETED\r\n" % self.tag.encode()
+        self.seqs: list[int] = []
+        self.failed = False
+
+    @property
+    def _view(self) -> MailboxView | None:
+        return self._view_of()
+
+    def collect(self, frame: Frame) -> None:
+        if self.answer == "SEARCH":
+            self.seqs += [int(w) for w in frame.lines[0].split()[2:] if w.isdigit()]
+            return
+        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
+        if match is not None and self._view is not None:
+            self._view.learn(int(match.group(1)), int(match.group(2)))
+        elif match is None:
+            self._on_fetch(frame)
+
+    def answered(self, frame: Frame) -> bytes | None:
+        """The step's tagged reply: the next command to send, or None when the answer is in."""
+        if parse_status(frame).status != "OK" or self._view is None:
+            self.failed = True
+            return None
+        if self.answer == "FETCH":
+            return None
+        ask = [n for n in self.seqs if self._view.uid_of(n) is None or self._unnamed(n)]
+        if not ask:
+            return None
+        self.answer = "FETCH"
+        self.tag = self._tagger()
+        chunks = format_chunks(ask)
+        which = chunks[0] if len(chunks) == 1 else "1:*"  # one bounded line, whatever the set
+        items = f"UID {self._item}".strip() if len(chunks) == 1 else "UID"
+        self.line = b"%s FETCH %s (%s)\r\n" % (self.tag.encode(), which.encode(), items.encode())
+        return self.line
+
+    def deleted(self) -> list[int] | None:
+        """The UIDs marked, or None when the question failed (the expunge then goes unfiltered)."""
+        if self.failed or self._view is None:
+            return None
+        uids = [self._view.uid_of(n) for n in self.seqs]
+        return None if None in uids else sorted(u for u in uids if u is not None)
 
 
 def plan_expunge(cmd: Command, deleted: list[int] | None, *, own_tag: str, unselect: bool) -> ExpungePlan:
     """The plan for a client's EXPUNGE or expunging CLOSE, given the UIDs marked \\Deleted (None
-    when not known: no UIDPLUS, or the search failed)."""
+    when not known: no UIDPLUS, or the question failed)."""
     tag = cmd.tag.encode()
+    long = deleted is not None and len(format_chunks(deleted)) > 1  # a line too long for the provider
+    close = Frame((b"%s UNSELECT\r\n" % tag,)) if unselect else cmd.frame
     if cmd.name == "EXPUNGE":
-        if deleted is None:
-            return ExpungePlan(cmd.frame, None)
+        if deleted is None or long:
+            return ExpungePlan(cmd.frame, deleted)
         if not deleted:
             return ExpungePlan(Frame((b"%s NOOP\r\n" % tag,)), [])
         return ExpungePlan(Frame((b"%s UID EXPUNGE %s\r\n" % (tag, format_numbers(deleted).encode()),)), deleted)
-    close = Frame((b"%s UNSELECT\r\n" % tag,)) if unselect else cmd.frame
-    if deleted is None:
-        return ExpungePlan(close, None, [b"%s EXPUNGE\r\n" % own_tag.encode()])
+    if deleted is None or long:
+        return ExpungePlan(close, deleted, [b"%s EXPUNGE\r\n" % own_tag.encode()])
     if not deleted:
         return ExpungePlan(close, [])
     return ExpungePlan(close, deleted, [b"%s UID EXPUNGE %s\r\n" % (own_tag.encode(), format_numbers(deleted).encode())])

@@ -2,12 +2,12 @@
 
 A UID says nothing to an auditor.  The gateway asks the provider, on the session's own
 connection and between the person's commands, for a few header fields of the messages the
-person touched — ``UID FETCH uids (UID BODY.PEEK[HEADER.FIELDS (…)])``, which never sets
+person touched — ``FETCH n (UID BODY.PEEK[HEADER.FIELDS (…)])``, which never sets
 ``\\Seen`` — and remembers the answer per mailbox, folder, UIDVALIDITY and UID, so a message is
 looked up once however often it is read.  PEC.md §1: the kind is the ``X-Trasporto`` value for
 a busta (``posta-certificata``, ``errore``) or the ``X-Ricevuta`` value for a receipt; for a
 busta the ``Message-ID`` *is* the identificativo (PEC.md §4), for receipts the identificativo
-is only in daticert.xml and stays unresolved here.  Header names compare case-insensitively
+is only in daticert.xml (:mod:`gateway.imap_proxy.receipt_identity` reads it).  Header names compare case-insensitively
 and values are unfolded (RFC 5322 §2.2.3); encoded words are decoded (RFC 2047).  The header
 block is split here rather than by :mod:`email.parser`, which would pull sockets into this pure
 layer (``email.utils`` imports ``socket``).
@@ -86,6 +86,11 @@ def identity_from_headers(raw: bytes, uidvalidity: int | None, uid: int | None) 
         sender=_text(headers.get("From")), date=_text(headers.get("Date")), pec_kind=kind,
         pec_id=message_id if trasporto is not None and ricevuta is None else None,
         pec_ref=_text(headers.get("X-Riferimento-Message-ID")))
+
+
+def has_identity_item(items: list) -> bool:
+    """Does a parsed FETCH item list carry the gateway's own item (whatever its value)?"""
+    return any(str(k).upper() == IDENTITY_REPLY_ITEM for k in items[::2])
 
 
 def fetch_identity_item(items: list) -> bytes | None:

@@ -5,11 +5,10 @@ moment which of its own commands to send (:meth:`commands` — only when nothing
 is in flight, so every reply in between is the gateway's), and passes on the replies
 (:meth:`untagged`, :meth:`tagged`).  Two kinds of command:
 
-* **priming**, after a SELECT/EXAMINE: ``UID SEARCH ALL`` maps every sequence number to its UID
-  (RFC 3501 §6.4.4: UIDs come back in ascending order, which is sequence order), then one
-  ``UID FETCH`` of the identity headers of the messages not yet in the cache — the most recent
-  :data:`PRIME_LIMIT` of them.  Rows about messages that leave the folder (EXPUNGE, MOVE) are
-  then named even if nobody fetched those messages first;
+* **priming**, after a SELECT/EXAMINE: ``FETCH 1:* (UID)`` maps every sequence number to its
+  UID, then ``FETCH`` of the identity headers of the messages not yet in the cache — the most
+  recent :data:`PRIME_LIMIT` of them.  Rows about messages that leave the folder (EXPUNGE,
+  MOVE) are then named even if nobody fetched those messages first;
 * **lookups** for rows that still miss an identity (a message that arrived after the SELECT);
 * for the receipts among the messages just identified, their **daticert.xml**, which alone
   carries the identificativo of the message they certify
@@ -21,16 +20,19 @@ waiting row is written when the session ends (:meth:`flush`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from gateway.audit.events import MessageRef
 from gateway.imap_proxy.audit_trail import AuditTrail, Happened
 from gateway.imap_proxy.fetch_response import read_fetch
 from gateway.imap_proxy.framing import Frame
-from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache, fetch_identity_item, identity_from_headers
-from gateway.imap_proxy.receipt_identity import is_receipt, located_part, part_identificativo, part_line, structure_line
+from gateway.imap_proxy.identity import (IDENTITY_ITEM, IdentityCache, fetch_identity_item, has_identity_item,
+                                         identity_from_headers)
+from gateway.imap_proxy.receipt_identity import (is_receipt, located_part, part_identificativo, part_lines,
+                                                 structure_lines)
 from gateway.imap_proxy.responses import Head, parse_status
-from gateway.imap_proxy.sequence_set import format_numbers
+from gateway.imap_proxy.sequence_set import format_chunks
 
 __all__ = ["IdentityLookups", "PRIME_LIMIT"]
 
@@ -48,9 +50,9 @@ class IdentityLookups:
         self.unresolved: list[Happened] = []
         self.outstanding: set[str] = set()
         self.prime_wanted = False
-        self._search: tuple[str, list[int]] | None = None  # our UID SEARCH ALL and its UIDs
+        self._mapping: str | None = None  # our FETCH 1:* (UID), mapping every number to its UID
         self._receipts: list[int] = []  # UIDs just identified as receipts: their daticert is next
-        self._structures: tuple[str, dict] | None = None  # our BODYSTRUCTURE fetch: UID -> part
+        self._structures: tuple[set[str], dict] | None = None  # our BODYSTRUCTURE fetches: UID -> part
         self._parts: dict[str, tuple[str, str]] = {}  # our part fetches: tag -> (section, encoding)
         self._count = 0
 
@@ -115,6 +117,10 @@ class IdentityLookups:
         return rows
 
     # ------------------------------------------------------------------ the gateway's commands
+    # All by sequence number (FETCH, never UID FETCH or UID SEARCH): RFC 3501 §7.4.1 forbids
+    # EXPUNGE replies during a FETCH, while a UID command may carry another session's expunges,
+    # which would reach the client while no command of its own runs and shift the numbers of
+    # the commands it has already sent.  Sets are split so no command line grows past a bound.
     def _tag(self, kind: str) -> str:
         self._count += 1
         tag = f"{self._prefix}{kind}{self._count}"
@@ -129,9 +135,8 @@ class IdentityLookups:
         if self.prime_wanted:
             self.prime_wanted = False
             if view is not None and len(view):
-                tag = self._tag("s")
-                self._search = (tag, [])
-                return [f"{tag} UID SEARCH ALL\r\n".encode()], []
+                self._mapping = self._tag("s")
+                return [f"{self._mapping} FETCH 1:* (UID)\r\n".encode()], []
         named = [self.named(h) for h in self.unresolved]
         ready = [h for h in named if h.message and h.message.message_id]
         if ready:
@@ -142,40 +147,53 @@ class IdentityLookups:
             ready += stale
         if not self.unresolved:
             return [], ready
-        uids = sorted({h.message.uid for h in self.unresolved if h.message and h.message.uid is not None})
-        seqs = sorted({h.seq for h in self.unresolved if h.message and h.message.uid is None and h.seq})
-        if view is None or not (uids or seqs):
+        uids = {h.message.uid for h in self.unresolved if h.message and h.message.uid is not None}
+        seqs = {h.seq for h in self.unresolved if h.message and h.message.uid is None and h.seq}
+        if view is not None:
+            seqs |= set(view.seqs_of(uids))
+        if view is None or not seqs:
             return [], ready + self.flush()
-        lines = [self._fetch_line(uids, uid=True)] if uids else []
-        if seqs:
-            lines.append(self._fetch_line(seqs, uid=False))
-        return lines, ready
+        return self._identity_lines(sorted(seqs)), ready
 
-    def _fetch_line(self, numbers: list[int], *, uid: bool) -> bytes:
-        verb = "UID FETCH" if uid else "FETCH"
-        return f"{self._tag('i')} {verb} {format_numbers(numbers)} (UID {IDENTITY_ITEM})\r\n".encode()
+    def unnamed(self, seq: int) -> bool:
+        """Is message ``seq`` of the selected folder not yet identified (its UID or identity)?"""
+        view = self.trail.view
+        uid = view.uid_of(seq) if view is not None else None
+        return uid is None or self.cache.get(self._key(self.trail.folder, MessageRef(view.uidvalidity, uid))) is None
+
+    def absorb(self, frame: Frame) -> None:
+        """A reply to an identity fetch made on the gateway's behalf elsewhere (before an expunge)."""
+        read = read_fetch(frame)
+        if read is not None:
+            self._identity(read)
+
+    def _identity_lines(self, seqs: list[int]) -> list[bytes]:
+        return [f"{self._tag('i')} FETCH {chunk} (UID {IDENTITY_ITEM})\r\n".encode() for chunk in format_chunks(seqs)]
 
     # ------------------------------------------------------------------ their replies
     def untagged(self, head: Head, frame: Frame) -> bool:
         """A reply to one of the gateway's commands: taken, never shown to the client."""
-        if head.name == "SEARCH" and self._search is not None:
-            words = frame.lines[0].split()[2:]
-            self._search[1].extend(int(w) for w in words if w.isdigit())
-            if self.trail.view is not None:
-                # now, not at the tagged OK: an EXPUNGE may follow the SEARCH line (Dovecot sends
-                # pending expunges before the OK) and must apply to this mapping
-                self.trail.view.assign(self._search[1])
+        if head.name != "FETCH" or not self.outstanding:
+            return False
+        if self._mapping is not None and self._uid_only(head, frame):
             return True
-        if head.name == "FETCH" and self.outstanding:
-            return self._identity(frame) or self._receipt_reply(frame)
-        return False
-
-    def _receipt_reply(self, frame: Frame) -> bool:
-        """A reply to the gateway's BODYSTRUCTURE or daticert fetch (see receipt_identity)."""
         read = read_fetch(frame)
         if read is None:
+            # not even tokenisable (e.g. a BODYSTRUCTURE nested past the limit): while only the
+            # gateway's own fetch of structures or parts runs, it is the answer to it
+            return self._structures is not None or bool(self._parts)
+        return self._identity(read) or self._receipt_reply(read[2])
+
+    def _uid_only(self, head: Head, frame: Frame) -> bool:
+        """``* n FETCH (UID u)``: the priming map, one message at a time."""
+        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
+        if match is None or head.number is None or self.trail.view is None:
             return False
-        items = read[2]
+        self.trail.view.learn(head.number, int(match.group(1)))
+        return True
+
+    def _receipt_reply(self, items) -> bool:
+        """A reply to the gateway's BODYSTRUCTURE or daticert fetch (see receipt_identity)."""
         if self._structures is not None and (found := located_part(items)) is not None:
             uid, part = found
             if uid is not None and part is not None:
@@ -198,40 +216,39 @@ class IdentityLookups:
             pec_id = identificativo if identificativo.startswith("<") else f"<{identificativo}>"
             self.cache.put(key, replace(ref, pec_id=pec_id))  # written like a busta's Message-ID
 
-    def _identity(self, frame: Frame) -> bool:
-        read = read_fetch(frame)
-        if read is None:
-            return False
+    def _identity(self, read: tuple) -> bool:
         seq, _name, items = read
-        block = fetch_identity_item(items) if isinstance(items, list) else None
-        if block is None:
+        if not isinstance(items, list) or not has_identity_item(items):
             return False
+        block = fetch_identity_item(items)  # None: NIL, the message was expunged meanwhile
         view = self.trail.view
         uid = next((int(v) for k, v in zip(items[::2], items[1::2])
                     if str(k).upper() == "UID" and str(v).isdigit()), None)
         if view is not None and uid is not None and str(seq).isdigit():
             view.learn(int(seq), uid)
-            ref = identity_from_headers(block, view.uidvalidity, uid)
-            self.cache.put(self._key(self.trail.folder, ref), ref)
-            if is_receipt(ref):
-                self._receipts.append(uid)
+            if block is not None:
+                ref = identity_from_headers(block, view.uidvalidity, uid)
+                self.cache.put(self._key(self.trail.folder, ref), ref)
+                if is_receipt(ref):
+                    self._receipts.append(uid)
         return True
 
     def tagged(self, tag: str, frame: Frame) -> tuple[list[bytes], list[Happened]]:
         """One of the gateway's commands is done: what to send next, and rows now complete."""
         self.outstanding.discard(tag)
-        if self._search is not None and self._search[0] == tag:
-            _tag, uids = self._search
-            self._search = None
-            view = self.trail.view
-            if view is not None and parse_status(frame).status == "OK":
-                present = {view.uid_of(n) for n in range(1, len(view) + 1)}
-                missing = [u for u in uids if u in present and self.cache.get(
+        ok = parse_status(frame).status == "OK"
+        view = self.trail.view
+        if tag == self._mapping:
+            self._mapping = None
+            if view is not None and ok:
+                missing = [u for u in view.uids() if self.cache.get(
                     self._key(self.trail.folder, MessageRef(view.uidvalidity, u))) is None]
                 if missing:
-                    return [self._fetch_line(missing[-PRIME_LIMIT:], uid=True)], []
-        ok = parse_status(frame).status == "OK"
-        if self._structures is not None and self._structures[0] == tag:
+                    return self._identity_lines(view.seqs_of(missing[-PRIME_LIMIT:])), []
+        if self._structures is not None and tag in self._structures[0]:
+            self._structures[0].discard(tag)
+            if self._structures[0]:
+                return [], []
             found = self._structures[1] if ok else {}
             self._structures = None
             lines = self._part_lines(found)
@@ -239,22 +256,35 @@ class IdentityLookups:
         self._parts.pop(tag, None)
         if self.outstanding:
             return [], []
-        if self._receipts and self.trail.view is not None:  # identified: now the receipts' daticert
-            tag = self._tag("b")
-            self._structures = (tag, {})
-            uids, self._receipts = sorted(set(self._receipts)), []
-            return [structure_line(tag, uids)], []
+        if self._receipts and view is not None:  # identified: now the receipts' daticert
+            seqs, self._receipts = view.seqs_of(self._receipts), []
+            tags: set[str] = set()
+            lines = structure_lines(lambda: _add(tags, self._tag("b")), seqs)
+            if lines:
+                self._structures = (tags, {})
+                return lines, []
         self._receipts = []
         return [], self.flush()  # asked once: what is still unknown is written as it is
 
     def _part_lines(self, found: dict) -> list[bytes]:
         """One fetch per distinct daticert section (most receipts of a provider share one)."""
+        view = self.trail.view
         by_section: dict[tuple[str, str], list[int]] = {}
         for uid, part in found.items():
             by_section.setdefault((part.section, part.encoding), []).append(uid)
-        lines = []
+        lines: list[bytes] = []
         for (section, encoding), uids in sorted(by_section.items()):
-            tag = self._tag("d")
-            self._parts[tag] = (section, encoding)
-            lines.append(part_line(tag, sorted(uids), section))
+            def tagger(section=section, encoding=encoding) -> str:
+                tag = self._tag("p")
+                self._parts[tag] = (section, encoding)
+                return tag
+            lines += part_lines(tagger, view.seqs_of(uids) if view is not None else [], section)
         return lines
+
+
+_UID_ONLY = re.compile(rb"^\* \d+ FETCH \(UID (\d+)\)\r\n$", re.IGNORECASE)
+
+
+def _add(tags: set[str], tag: str) -> str:
+    tags.add(tag)
+    return tag

@@ -44,10 +44,6 @@ class MailboxView:
             self.exists(seq)
         self._uids[seq - 1] = uid
 
-    def assign(self, uids: list[int]) -> None:
-        """The whole mapping at once, in sequence order (from ``UID SEARCH ALL``)."""
-        self._uids = list(uids)
-
     def uid_of(self, seq: int) -> int | None:
         return self._uids[seq - 1] if 0 < seq <= len(self._uids) else None
 
@@ -70,6 +66,11 @@ class MailboxView:
         if present:
             self._uids = [u for u in self._uids if u is None or u not in gone]
         return present
+
+    def seqs_of(self, uids) -> list[int]:
+        """The current sequence numbers of those UIDs that are in the view, ascending."""
+        wanted = set(uids)
+        return [i + 1 for i, u in enumerate(self._uids) if u is not None and u in wanted]
 
     def uids(self) -> list[int]:
         """The known UIDs, in sequence order."""

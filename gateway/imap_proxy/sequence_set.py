@@ -12,7 +12,11 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Iterable, Iterator
 
-__all__ = ["SequenceSet", "format_numbers"]
+__all__ = ["SequenceSet", "format_numbers", "format_chunks", "MAX_SET_TEXT"]
+
+#: Longest set the gateway writes in one command of its own.  Providers bound command lines
+#: (Dovecot: 64 KiB), and scattered numbers make long sets: more are split over several commands.
+MAX_SET_TEXT = 8000
 
 _MAX_NUMBER = 4_294_967_295  # nz-number is 32 bits (RFC 3501 §9)
 
@@ -86,12 +90,33 @@ def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
     return ",".join(str(l) if l == h else f"{l}:{h}" for l, h in ranges)
 
 
-def format_numbers(numbers: list[int]) -> str:
-    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input), for the gateway's own commands."""
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     for n in numbers:
         if runs and n == runs[-1][1] + 1:
             runs[-1] = (runs[-1][0], n)
         else:
             runs.append((n, n))
-    return format_ranges(runs)
+    return runs
+
+
+def format_numbers(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1:3,7"`` (ascending input), for the gateway's own commands."""
+    return format_ranges(_runs(numbers))
+
+
+def format_chunks(numbers: list[int], limit: int = MAX_SET_TEXT) -> list[str]:
+    """``numbers`` (ascending) as sets of at most ``limit`` characters each, in order."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for low, high in _runs(numbers):
+        text = str(low) if low == high else f"{low}:{high}"
+        if current and size + 1 + len(text) > limit:
+            chunks.append(",".join(current))
+            current, size = [], 0
+        current.append(text)
+        size += len(text) + (1 if size else 0)
+    if current:
+        chunks.append(",".join(current))
+    return chunks

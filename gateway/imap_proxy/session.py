@@ -21,7 +21,7 @@ States and their invariants (all transitions happen in :meth:`ImapSession._set_s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
@@ -31,9 +31,9 @@ from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabil
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
-from gateway.imap_proxy.expunge_plan import plan_expunge, search_deleted
+from gateway.imap_proxy.expunge_plan import DeletedQuestion, plan_expunge
 from gateway.imap_proxy.folder_access import FolderAccess
-from gateway.imap_proxy.identity import IdentityCache
+from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache
 from gateway.imap_proxy.identity_lookups import IdentityLookups
 from gateway.imap_proxy.preauth import PREAUTH_VERBS, SERVER_NAME, PreauthVerbs
 from gateway.imap_proxy.states import SessionState
@@ -51,6 +51,9 @@ GATEWAY_TAG_PREFIX = "PECGW."
 #: Commands whose effects are audited: refused while the audit store cannot take rows.
 AUDITED = frozenset({"SELECT", "EXAMINE", "FETCH", "STORE", "COPY", "MOVE", "EXPUNGE", "APPEND", "CREATE",
                      "DELETE", "RENAME", "CLOSE"})
+
+#: Commands whose message set decides their audit rows.
+_SETS_AUDITED = frozenset({"FETCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
 
 #: Capabilities the gateway adds after login: it answers RFC 4314 ACL commands from the policy.
 GATEWAY_CAPABILITIES = ["ACL", "RIGHTS=texk"]
@@ -311,6 +314,11 @@ class ImapSession(PreauthVerbs):
             # fail closed: what would go unaudited is not done (the store's outage is logged)
             return self._reply(cmd, b"%s NO [UNAVAILABLE] The audit trail cannot be written now; "
                                     b"try again later\r\n" % cmd.tag.encode())
+        if cmd.name in _SETS_AUDITED and cmd.args and "$" in str(cmd.args[0]):
+            # RFC 5182's saved result names messages the gateway cannot see: the audit trail
+            # could not say which ones the command touched (SEARCHRES is not offered either)
+            return self._reply(cmd, b"%s BAD The saved search result ($) is not available through the gateway; "
+                                    b"name the messages\r\n" % cmd.tag.encode())
         if self.inflight.find(cmd.tag) is not None:
             # RFC 3501 §2.2.1: tags are unique per command.  Two alike in flight would let one's
             # reply be taken for the other's — a literal dropped, a SELECT judged wrongly.
@@ -326,11 +334,16 @@ class ImapSession(PreauthVerbs):
             return out + self._reply(cmd, verdict.reply)
         frame = verdict.frame or cmd.frame
         expunge = verdict.expunges or (cmd.name == "EXPUNGE" and not cmd.uid)
-        if expunge and self._uidplus:
-            verdict.hold = search_deleted(self._own_tag("x"))
-        if verdict.hold is not None:
+        question: object | None = None
+        if expunge and self._uidplus and self._ids is not None and self._trail is not None:
+            ids, trail = self._ids, self._trail
+            question = DeletedQuestion(lambda: self._own_tag("x"), lambda: trail.view, unnamed=ids.unnamed,
+                                       item=IDENTITY_ITEM, on_fetch=ids.absorb)
+        elif verdict.hold is not None:
+            question = _SubfolderQuestion(verdict.hold, self._guard)
+        if question is not None:
             # keep its place in the reply order; later commands wait unread until it is decided
-            self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, verdict.hold, expunge)
+            self._held = _Held(cmd, self.inflight.add_relayed(cmd), frame, question, expunge)
             return out + self._list_for_held()
         if expunge:  # no UIDPLUS: nothing to ask first
             return out + self._relay_expunge(cmd, None, self.inflight.add_relayed(cmd))
@@ -474,8 +487,8 @@ class ImapSession(PreauthVerbs):
                 return [act.SendToClient(frame.raw)] + out + self._pump_client()
             return out + self._pump_client()
         if head.kind is Kind.UNTAGGED:
-            if self._held is not None and self._held.listing and head.name == self._held.answer:
-                self._held.collect(frame, self._guard)  # nothing else is in flight: this answers the gateway
+            if self._held is not None and self._held.listing and head.name == self._held.question.answer:
+                self._held.question.collect(frame)  # nothing else is in flight: this answers the gateway
                 return []
             if self._ids is not None and self._ids.untagged(head, frame):
                 return []  # a reply to the gateway's own identity command
@@ -501,8 +514,13 @@ class ImapSession(PreauthVerbs):
     def _on_tagged(self, tag: str, frame: Frame) -> list:
         out: list = []
         if tag.startswith(GATEWAY_TAG_PREFIX):
-            if self._held is not None and self._held.listing and tag == self._held.tag:
-                return self._decide_held(frame)
+            if self._held is not None and self._held.listing and tag == self._held.question.tag:
+                follow_up = self._held.question.answered(frame)
+                return self._send_own([follow_up]) if follow_up else self._decide_held()
+            if tag.startswith(f"{GATEWAY_TAG_PREFIX}e") and parse_status(frame).status != "OK":
+                # the gateway's expunge for a CLOSE was refused: say so, as a provider's CLOSE would
+                text = parse_status(frame).text[:200].encode("utf-8", "replace")
+                return [act.SendToClient(b"* NO The messages marked for deletion were not expunged: %s\r\n" % text)]
             if self._ids is not None and tag in self._ids.outstanding:
                 lines, rows = self._ids.tagged(tag, frame)
                 out = [self._row(h) for h in rows] + self._send_own(lines)
@@ -539,19 +557,18 @@ class ImapSession(PreauthVerbs):
         if held.listing or self.inflight.oldest_relayed() is not held.entry:
             return []
         held.listing = True
-        return self._send_own([held.list_line])
+        return self._send_own([held.question.line])
 
-    def _decide_held(self, answered: Frame) -> list:
+    def _decide_held(self) -> list:
         """The gateway's question for a held command is answered: relay the command (an expunge
         as planned with the UIDs found), or answer it (a RENAME the subfolders forbid)."""
         assert self._held is not None and self._guard is not None and self._pacer is not None
         held = self._held
         cmd, entry, frame = held.command, held.entry, held.frame
         self._held = None
-        ok = parse_status(answered).status == "OK"
         if held.expunge:
-            return self._relay_expunge(cmd, held.found if ok else None, entry) + self._pump_client()
-        verdict = self._guard.rename_listed(cmd, ok)
+            return self._relay_expunge(cmd, held.question.deleted(), entry) + self._pump_client()
+        verdict = self._guard.rename_listed(cmd, held.question.ok)
         if verdict.reply is None:
             self._note_relayed(cmd)
             out = [act.SendToUpstream(c) for c in self._pacer.submit(cmd.tag, frame)]
@@ -644,30 +661,32 @@ class ImapSession(PreauthVerbs):
 @dataclass
 class _Held:
     """A command held until the gateway's own question is answered: a RENAME waits for the LIST
-    of its subfolders, an expunge for the ``UID SEARCH DELETED`` that says what it removes."""
+    of its subfolders (:class:`_SubfolderQuestion`), an expunge for what is marked \\Deleted
+    (:class:`~gateway.imap_proxy.expunge_plan.DeletedQuestion`)."""
 
     command: Command
     entry: InFlightEntry  # its place in the reply order
     frame: Frame  # what to relay if allowed
-    list_line: bytes  # the gateway's question
+    question: object  # .tag, .line, .answer (the untagged reply name), .collect(), .answered()
     expunge: bool = False  # an EXPUNGE or expunging CLOSE (else a RENAME)
     listing: bool = False  # the question has been sent (every earlier command was done)
-    found: list[int] = field(default_factory=list)  # the UIDs the search found
 
-    @property
-    def tag(self) -> str:
-        return self.list_line.split(b" ", 1)[0].decode("ascii")
 
-    @property
-    def answer(self) -> str:
-        """The untagged reply that answers the question."""
-        return "SEARCH" if self.expunge else "LIST"
+class _SubfolderQuestion:
+    """A held RENAME's question: the gateway's ``LIST "" old/*`` (the guard judges the answer)."""
 
-    def collect(self, frame: Frame, guard: FolderGuard | None) -> None:
-        if self.expunge:
-            self.found.extend(int(w) for w in frame.lines[0].split()[2:] if w.isdigit())
-        elif guard is not None:
-            guard.collect(frame)
+    answer = "LIST"
+
+    def __init__(self, line: bytes, guard: FolderGuard) -> None:
+        self.line, self.tag, self._guard = line, line.split(b" ", 1)[0].decode("ascii"), guard
+        self.ok = False
+
+    def collect(self, frame: Frame) -> None:
+        self._guard.collect(frame)
+
+    def answered(self, frame: Frame) -> bytes | None:
+        self.ok = parse_status(frame).status == "OK"
+        return None
 
 
 def _client_caps(upstream: list[str]) -> list[str]:

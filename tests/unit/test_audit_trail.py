@@ -23,17 +23,23 @@ def selected_lavoro(prime: bytes = b"", caps=CAPS):
     out = s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] UIDs valid\r\n"
                           b"* OK [UIDNEXT 40] Predicted next UID\r\ns1 OK [READ-WRITE] Select completed\r\n")
     assert rows(out) == [("select", "Lavoro", None, {"uidvalidity": 1700, "messages": 3})]
-    # the gateway maps every message to its UID, then asks who the messages are, before reading on
-    assert sent(out, act.SendToUpstream) == b"PECGW.s1 UID SEARCH ALL\r\n" and s.reading_paused
-    out = s.upstream_data(b"* SEARCH 31 35 39\r\nPECGW.s1 OK Search completed\r\n")
+    # the gateway maps every message to its UID, then asks who the messages are, before reading on;
+    # by number (FETCH, not UID FETCH): no other session's EXPUNGE may come with the answers
+    assert sent(out, act.SendToUpstream) == b"PECGW.s1 FETCH 1:* (UID)\r\n" and s.reading_paused
+    out = s.upstream_data(mapped(31, 35, 39) + b"PECGW.s1 OK Fetch completed\r\n")
     assert sent(out) == b""
-    assert sent(out, act.SendToUpstream) == b"PECGW.i2 UID FETCH 31,35,39 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    assert sent(out, act.SendToUpstream) == b"PECGW.i2 FETCH 1:3 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     out = s.upstream_data(prime + b"PECGW.i2 OK Fetch completed\r\n")
     if b"X-Ricevuta" in prime:  # a receipt: the gateway asks where its daticert.xml is
-        assert sent(out, act.SendToUpstream).startswith(b"PECGW.b3 UID FETCH ")
+        assert sent(out, act.SendToUpstream).startswith(b"PECGW.b3 FETCH ")
         out = s.upstream_data(b"PECGW.b3 OK Fetch completed\r\n")
     assert sent(out) == b"" and not s.reading_paused
     return s
+
+
+def mapped(*uids: int, start: int = 1) -> bytes:
+    """The provider's answer to the gateway's ``FETCH 1:* (UID)``: one line per message."""
+    return b"".join(b"* %d FETCH (UID %d)\r\n" % (n, u) for n, u in enumerate(uids, start))
 
 
 def identity(seq: int, uid: int, headers: bytes) -> bytes:
@@ -77,7 +83,7 @@ def test_a_message_arriving_later_is_looked_up_when_touched():
     out = s.upstream_data(identity(4, 40, RICEVUTA) + b"PECGW.i3 OK done\r\n")
     assert sent(out) == b""  # ... which the client never sees
     # a receipt: where is its daticert.xml? (none here: the row is written as it is)
-    assert sent(out, act.SendToUpstream) == b"PECGW.b4 UID FETCH 40 (UID BODYSTRUCTURE)\r\n"
+    assert sent(out, act.SendToUpstream) == b"PECGW.b4 FETCH 4 (UID BODYSTRUCTURE)\r\n"
     out = s.upstream_data(b"PECGW.b4 OK done\r\n")
     (event,) = audits(out)
     assert (event.action, event.message.uid, event.message.message_id, event.detail) == (
@@ -88,7 +94,7 @@ def test_rows_wait_but_are_never_lost():
     s = selected_lavoro()  # the provider told nothing about the messages
     s.client_data(b"f1 FETCH 1 (FLAGS)\r\n")
     out = s.upstream_data(b"* 1 FETCH (FLAGS ())\r\nf1 OK done\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.i3 UID FETCH 31 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    assert sent(out, act.SendToUpstream) == b"PECGW.i3 FETCH 1 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     assert s.reading_paused  # the next command waits for the lookup: nothing else may be in flight
     out = s.upstream_data(b"* 1 EXPUNGE\r\nPECGW.i3 OK done\r\n")  # the message vanished meanwhile
     (event,) = audits(out)
@@ -121,9 +127,15 @@ def test_copy_move_append_and_expunge_rows():
     out = s.upstream_data(b"* OK [COPYUID 88 31 9] Moved\r\n* 1 EXPUNGE\r\nm1 OK Move completed\r\n")
     assert rows(out) == [("move", "Lavoro", 31, {"to": "Archivio", "to_uid": 9})]  # no separate expunge row
     s.client_data(b"x1 EXPUNGE\r\n")
-    s.upstream_data(b"* SEARCH 39\r\nPECGW.x1 OK done\r\n")  # what is marked \Deleted (see expunge_plan)
+    # what is marked \Deleted, by number (see expunge_plan); message 2 (UID 39) was never
+    # identified, so the gateway asks who it is before it leaves
+    out = s.upstream_data(b"* SEARCH 2\r\nPECGW.x1 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b"PECGW.x2 FETCH 2 (UID %s)\r\n" % IDENTITY_ITEM.encode()
+    out = s.upstream_data(identity(2, 39, b"Message-ID: <m39@x>\r\n\r\n") + b"PECGW.x2 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 39\r\n" and sent(out) == b""
     out = s.upstream_data(b"* 2 EXPUNGE\r\nx1 OK Expunge completed\r\n")  # seq 2 is now UID 39
     assert rows(out) == [("expunge", "Lavoro", 39, {"by": "EXPUNGE"})]
+    assert audits(out)[0].message.message_id == "<m39@x>"
     s.client_data(b"a1 APPEND Archivio {3+}\r\nabc\r\n")
     s.upstream_data(b"+ OK\r\n")
     out = s.upstream_data(b"a1 OK [APPENDUID 88 10] Append completed\r\n")

@@ -9,7 +9,7 @@
 
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.identity import IDENTITY_ITEM
-from tests.unit.test_audit_trail import rows, selected_lavoro
+from tests.unit.test_audit_trail import mapped, rows, selected_lavoro
 from tests.unit.test_audit_trail_edges import prime3
 from tests.unit.test_enforce_table import CAPS
 from tests.unit.transcript import answer_lookups, logged_in, sent
@@ -21,8 +21,8 @@ BARE = [c for c in CAPS if c not in ("UIDPLUS", "UNSELECT")]
 def test_another_sessions_expunge_in_the_persons_reply_is_not_theirs():
     s = selected_lavoro(prime3())
     out = s.client_data(b"x1 EXPUNGE\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.x1 UID SEARCH DELETED\r\n" and s.reading_paused
-    out = s.upstream_data(b"* SEARCH 39\r\nPECGW.x1 OK Search completed\r\n")
+    assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n" and s.reading_paused
+    out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK Search completed\r\n")  # numbers: UID 39
     assert sent(out) == b""  # the gateway's question is not shown
     assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 39\r\n"  # exactly what the person marked
     # a colleague expunged UID 31 a moment ago: the provider reports it first
@@ -61,8 +61,8 @@ def test_uid_expunge_rows_only_for_its_own_set():
 def test_close_is_expunged_by_the_gateway_and_every_message_gets_its_row():
     s = selected_lavoro(prime3())
     out = s.client_data(b"c1 CLOSE\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.x1 UID SEARCH DELETED\r\n"
-    out = s.upstream_data(b"* SEARCH 35 39\r\nPECGW.x1 OK Search completed\r\n")
+    assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n"
+    out = s.upstream_data(b"* SEARCH 2 3\r\nPECGW.x1 OK Search completed\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.e2 UID EXPUNGE 35,39\r\nc1 UNSELECT\r\n"
     out = s.upstream_data(b"* 2 EXPUNGE\r\n* 2 EXPUNGE\r\nPECGW.e2 OK Expunge completed\r\n"
                           b"c1 OK Unselect completed\r\n")
@@ -128,10 +128,9 @@ def big_folder(count: int):
     s = logged_in(upstream_caps=CAPS)
     s.client_data(b"s1 SELECT Lavoro\r\n")
     s.upstream_data(b"* %d EXISTS\r\n* OK [UIDVALIDITY 1700] x\r\ns1 OK [READ-WRITE] done\r\n" % count)
-    out = s.upstream_data(b"* SEARCH " + b" ".join(b"%d" % u for u in range(1, count + 1))
-                          + b"\r\nPECGW.s1 OK Search completed\r\n")
+    out = s.upstream_data(mapped(*range(1, count + 1)) + b"PECGW.s1 OK Fetch completed\r\n")
     lookup = sent(out, act.SendToUpstream)
-    assert lookup == b"PECGW.i2 UID FETCH %d:%d (UID %s)\r\n" % (count - 4999, count, IDENTITY_ITEM.encode())
+    assert lookup == b"PECGW.i2 FETCH %d:%d (UID %s)\r\n" % (count - 4999, count, IDENTITY_ITEM.encode())
     s.upstream_data(b"PECGW.i2 OK Fetch completed\r\n")
     return s
 

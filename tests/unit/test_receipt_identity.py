@@ -8,7 +8,8 @@ inside a forwarded message.  The daticert is shaped like PEC.md's example.
 import base64
 
 from gateway.imap_proxy import actions as act
-from tests.unit.test_audit_trail import RICEVUTA, identity
+from gateway.imap_proxy.receipt_identity import MAX_PART_OCTETS
+from tests.unit.test_audit_trail import RICEVUTA, identity, mapped
 from tests.unit.test_bodystructure import ACCETTAZIONE, FORGED
 from tests.unit.test_enforce_table import CAPS
 from tests.unit.transcript import audits, logged_in, sent
@@ -28,7 +29,7 @@ def structure(seq: int, uid: int, body: bytes) -> bytes:
 
 def part(seq: int, uid: int, octets: bytes) -> bytes:
     encoded = base64.encodebytes(octets).replace(b"\n", b"\r\n")
-    return b"* %d FETCH (UID %d BODY[1.2] {%d}\r\n%s)\r\n" % (seq, uid, len(encoded), encoded)
+    return b"* %d FETCH (UID %d BODY[1.2]<0> {%d}\r\n%s)\r\n" % (seq, uid, len(encoded), encoded)
 
 
 def identified(prime: bytes):
@@ -36,7 +37,7 @@ def identified(prime: bytes):
     s = logged_in(upstream_caps=CAPS)
     s.client_data(b"s1 SELECT Lavoro\r\n")
     s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] x\r\ns1 OK [READ-WRITE] done\r\n")
-    s.upstream_data(b"* SEARCH 31 35 39\r\nPECGW.s1 OK done\r\n")
+    s.upstream_data(mapped(31, 35, 39) + b"PECGW.s1 OK done\r\n")
     out = s.upstream_data(prime + b"PECGW.i2 OK done\r\n")
     return s, sent(out, act.SendToUpstream)
 
@@ -48,12 +49,13 @@ def flags_rows(s, uids: bytes, replies: bytes):
 
 def test_a_receipts_rows_carry_the_identificativo_of_its_daticert():
     s, asked = identified(identity(1, 31, BUSTA) + identity(2, 35, RICEVUTA))
-    assert asked == b"PECGW.b3 UID FETCH 35 (UID BODYSTRUCTURE)\r\n"  # only the receipt
+    assert asked == b"PECGW.b3 FETCH 2 (UID BODYSTRUCTURE)\r\n"  # only the receipt, by number
     out = s.upstream_data(structure(2, 35, ACCETTAZIONE) + b"PECGW.b3 OK done\r\n")
     assert sent(out) == b""  # the client sees none of the gateway's questions
-    assert sent(out, act.SendToUpstream) == b"PECGW.d4 UID FETCH 35 (UID BODY.PEEK[1.2])\r\n"  # just that part
+    # just that part, and never more than a daticert can be
+    assert sent(out, act.SendToUpstream) == b"PECGW.p4 FETCH 2 (UID BODY.PEEK[1.2]<0.%d>)\r\n" % MAX_PART_OCTETS
     assert s.reading_paused
-    out = s.upstream_data(part(2, 35, DATICERT) + b"PECGW.d4 OK done\r\n")
+    out = s.upstream_data(part(2, 35, DATICERT) + b"PECGW.p4 OK done\r\n")
     assert sent(out) == b"" and not s.reading_paused
     busta, receipt = flags_rows(s, b"31,35", b"* 1 FETCH (UID 31 FLAGS ())\r\n* 2 FETCH (UID 35 FLAGS ())\r\n")
     assert (busta.message.pec_kind, busta.message.pec_id) == ("posta-certificata", "<b31@x>")
@@ -64,7 +66,7 @@ def test_a_receipts_rows_carry_the_identificativo_of_its_daticert():
 def test_a_refused_part_fetch_lets_the_rows_go_without_it():
     s, _ = identified(identity(2, 35, RICEVUTA))
     s.upstream_data(structure(2, 35, ACCETTAZIONE) + b"PECGW.b3 OK done\r\n")
-    out = s.upstream_data(b"PECGW.d4 NO [UNAVAILABLE] later\r\n")
+    out = s.upstream_data(b"PECGW.p4 NO [UNAVAILABLE] later\r\n")
     assert sent(out, act.SendToUpstream) == b"" and not s.reading_paused
     (receipt,) = flags_rows(s, b"35", b"* 2 FETCH (UID 35 FLAGS ())\r\n")
     assert receipt.message.message_id == "<r1@pec.example.it>" and receipt.message.pec_id is None
@@ -84,7 +86,28 @@ def test_a_hostile_daticert_is_refused_and_never_shown():
     s.upstream_data(structure(2, 35, ACCETTAZIONE) + b"PECGW.b3 OK done\r\n")
     xxe = (b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
            b'<postacert tipo="accettazione"><dati><identificativo>&x;</identificativo></dati></postacert>')
-    out = s.upstream_data(part(2, 35, xxe) + b"PECGW.d4 OK done\r\n")
+    out = s.upstream_data(part(2, 35, xxe) + b"PECGW.p4 OK done\r\n")
     assert sent(out) == b"" and not s.reading_paused
     (receipt,) = flags_rows(s, b"35", b"* 2 FETCH (UID 35 FLAGS ())\r\n")
     assert receipt.message.pec_id is None
+
+
+def test_nil_answers_to_the_gateways_questions_are_never_shown():
+    """A message expunged by another session between the gateway's questions: the provider
+    answers NIL (Dovecot: with OK [EXPUNGEISSUED]); still the gateway's, never the client's."""
+    s, _ = identified(identity(2, 35, RICEVUTA))
+    out = s.upstream_data(b"* 2 FETCH (UID 35 BODYSTRUCTURE NIL)\r\nPECGW.b3 OK done\r\n")
+    assert sent(out) == b"" and not s.reading_paused
+    s, _ = identified(identity(2, 35, RICEVUTA))
+    s.upstream_data(structure(2, 35, ACCETTAZIONE) + b"PECGW.b3 OK done\r\n")
+    out = s.upstream_data(b"* 2 FETCH (UID 35 BODY[1.2]<0> NIL)\r\nPECGW.p4 OK [EXPUNGEISSUED] done\r\n")
+    assert sent(out) == b"" and not s.reading_paused
+
+
+def test_a_structure_too_deep_to_read_is_still_the_gateways():
+    """The sender of a PEC chooses its MIME structure; one nested past the tokeniser's limit in
+    the answer to the gateway's BODYSTRUCTURE question is not passed on to the client."""
+    deep = b"(" * 100 + b'"text" "plain" NIL NIL NIL "7bit" 1 1' + b' "mixed")' * 100
+    s, _ = identified(identity(2, 35, RICEVUTA))
+    out = s.upstream_data(b"* 2 FETCH (UID 35 BODYSTRUCTURE " + deep + b")\r\nPECGW.b3 OK done\r\n")
+    assert sent(out) == b"" and not s.reading_paused
