@@ -21,6 +21,7 @@ from gateway.pec.daticert import parse_daticert
 from gateway.secret import Secret
 from tests.audit.conftest import Backend
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
+from tests.fixtures.raw_imap import RawImap
 from tests.test_third_party_clients import mbsync_config, run_mbsync
 
 IDENTITY = "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT X-TRASPORTO X-RICEVUTA X-RIFERIMENTO-MESSAGE-ID)])"
@@ -226,6 +227,29 @@ def test_expunge_rows_are_the_persons_own_and_close_gets_them_too(gw, dovecot):
         m = row["message"]
         assert m["uidvalidity"] == validity and m["message_id"] == inbox[m["uid"]]["MESSAGE-ID"]
     assert theirs not in [(r.get("message") or {}).get("uid") for r in got if r["action"] == "expunge"]
+
+
+def test_a_client_that_drops_the_connection_mid_expunge_still_leaves_its_row(gw, dovecot):
+    """The expunge happens at the provider whether or not the client waits for the reply: the
+    gateway reads the reply for the audit row before ending the session."""
+    _validity, inbox = direct_identities(gw, dovecot, "INBOX")
+    uid = max(inbox)
+    r = RawImap("localhost", gw.ports["implicit"], gw.client_context())
+    r.send(b"a1 LOGIN alice %s\r\n" % gw.credential("alice", "alice-password").encode())
+    assert b"a1 OK" in r.until(rb"a1 ")
+    start = len(gw.audit_events(wait_for=1))
+    r.send(b"a2 SELECT INBOX\r\n")
+    assert b"a2 OK" in r.until(rb"a2 ")
+    r.send(b"a3 UID STORE %d +FLAGS.SILENT (\\Deleted)\r\n" % uid)
+    assert b"a3 OK" in r.until(rb"a3 ")
+    r.send(b"a4 UID EXPUNGE %d\r\n" % uid)
+    r.sock.close()  # gone before any reply
+    got = rows(gw, since=start, wait_for=4)
+    assert [(x["action"], (x.get("message") or {}).get("uid")) for x in got] == [
+        ("select", None), ("flags", uid), ("expunge", uid), ("logout", None)]
+    assert got[2]["message"]["message_id"] == inbox[uid]["MESSAGE-ID"]
+    _validity, after = direct_identities(gw, dovecot, "INBOX")
+    assert uid not in after  # it did happen
 
 
 def daticert_identificativo(dovecot, mailbox, uid: int) -> str:

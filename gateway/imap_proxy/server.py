@@ -102,6 +102,10 @@ class Connection:
             log.exception("session %s: internal error; closing this session", self.session.session_id)
             await self._perform(self.session.client_closed())
         finally:
+            while self.session.draining and not self._closed:
+                # the client left while audited commands ran: their replies still make rows
+                # (the idle timeout still applies to a provider that never answers)
+                await self._wait_resumed()
             await self._close()
             for task in list(self._tasks):  # work spawned from provider data: done or moot now
                 if task is not asyncio.current_task() and not task.done():

@@ -129,6 +129,7 @@ class ImapSession(PreauthVerbs):
         self._idling = False  # IDLE relayed and DONE not yet seen: the next client line is DONE
         self._logout_entry: InFlightEntry | None = None
         self._provider_said_bye = False
+        self._draining: str | None = None  # the client left with audited commands running: why
         self._started = clock()
         self.bytes_from_client = 0
         self.bytes_to_client = 0
@@ -212,7 +213,31 @@ class ImapSession(PreauthVerbs):
         """The client went away (EOF or reset)."""
         if self.state is SessionState.LOGOUT:
             return []
-        return self._count_out(self._finish("client closed the connection"))
+        return self._count_out(self._client_gone("client closed the connection"))
+
+    def _client_gone(self, reason: str) -> list:
+        """The client left.  Audited commands it sent may be running at the provider (an
+        EXPUNGE, a MOVE): their replies are still read, for the audit rows, before the session
+        ends; nothing more is sent to the provider, and a command held for the gateway's own
+        question is dropped unsent (it never ran)."""
+        if self.state is not SessionState.AUTHENTICATED or self._draining is not None:
+            return self._finish(reason) if self._draining is None else []
+        if self._held is not None:
+            self.inflight.answer(self._held.entry, b"")
+            self._held = None
+        if not self._audited_running():
+            return self._finish(reason)
+        self._draining = reason
+        return [act.Log(f"client left with audited commands running; reading their replies ({reason})")]
+
+    def _audited_running(self) -> bool:
+        return any(e.command is not None and e.local_reply is None and e.command.name in AUDITED
+                   for e in self.inflight)
+
+    @property
+    def draining(self) -> bool:
+        """True while the client is gone and the provider's last replies are read for the audit."""
+        return self._draining is not None
 
     def upstream_closed(self) -> list:
         return self.upstream_data(b"")
@@ -238,7 +263,7 @@ class ImapSession(PreauthVerbs):
         and while too many commands are in flight — except during IDLE, when the client's next
         line is the ``DONE`` that ends it.
         """
-        if self.state is SessionState.AUTHENTICATING or self._held is not None:
+        if self.state is SessionState.AUTHENTICATING or self._held is not None or self._draining is not None:
             return True
         if self._ids is not None and self._ids.waiting and not self._idling:
             return True  # the identity lookups go when nothing else is in flight
@@ -261,7 +286,7 @@ class ImapSession(PreauthVerbs):
             if event is NEED_DATA:
                 break
             if isinstance(event, EndOfStream):
-                out += self._finish("client closed the connection")
+                out += self._client_gone("client closed the connection")
                 break
             if isinstance(event, LiteralAnnounced):
                 if event.marker.kind.synchronizing:
@@ -542,6 +567,8 @@ class ImapSession(PreauthVerbs):
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
         if entry is self._logout_entry:  # nothing more goes to the provider after LOGOUT
             return out + self._finish("logout", send_bye=False)
+        if self._draining is not None and not self._audited_running():
+            return out + self._finish(self._draining)
         if self._held is not None:
             out += self._list_for_held()
         return out + self._pump_client()
@@ -652,6 +679,8 @@ class ImapSession(PreauthVerbs):
         return out
 
     def _count_out(self, actions: list) -> list:
+        if self._draining is not None:  # the client is gone: what was meant for it goes nowhere
+            return [a for a in actions if not isinstance(a, act.SendToClient)]
         for a in actions:
             if isinstance(a, act.SendToClient):
                 self.bytes_to_client += len(a.data)

@@ -175,3 +175,32 @@ def test_a_reload_withdrawing_the_folder_keeps_the_rows_of_the_expunge_already_g
     out = s.upstream_data(b"* 3 EXPUNGE\r\nx1 OK Expunge completed\r\n")
     assert [(e.action, e.message.uid if e.message else None) for e in audits(out)
             if e.action == "expunge"] == [("expunge", 39)]
+
+
+def test_a_client_that_leaves_mid_expunge_still_gets_its_rows():
+    """The client sends UID EXPUNGE and drops the connection before the reply: the provider
+    does expunge, so its replies are still read for the rows, and only then the session ends."""
+    s = selected_lavoro(prime3())
+    s.client_data(b"x1 UID EXPUNGE 39\r\nn1 NOOP\r\n")
+    out = s.client_closed()
+    assert not any(isinstance(a, act.Close) for a in out) and s.draining and s.reading_paused
+    out = s.upstream_data(b"* 3 EXPUNGE\r\nx1 OK Expunge completed\r\n")
+    assert sent(out) == b""  # nobody to send to
+    assert [(r[0], r[2]) for r in rows(out)] == [("expunge", 39), ("logout", None)]
+    assert any(isinstance(a, act.Close) for a in out)
+
+
+def test_a_client_that_leaves_with_nothing_audited_running_is_closed_at_once():
+    s = selected_lavoro(prime3())
+    s.client_data(b"n1 NOOP\r\n")
+    out = s.client_closed()
+    assert any(isinstance(a, act.Close) for a in out) and not s.draining
+
+
+def test_a_held_expunge_is_dropped_unsent_when_the_client_leaves():
+    s = selected_lavoro(prime3())
+    s.client_data(b"x1 EXPUNGE\r\n")  # held for the gateway's SEARCH DELETED
+    out = s.client_closed()
+    assert any(isinstance(a, act.Close) for a in out)
+    out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b""  # the EXPUNGE never goes up
