@@ -23,6 +23,7 @@ from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
 from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
+from gateway.sends.store import open_send_store
 from gateway.smtp_proxy.server import SmtpFront
 from gateway.vault import Vault, VaultError, otp_key
 from policy import PolicyError
@@ -100,8 +101,9 @@ class Gateway:
         AUDIT_QUEUE_DEPTH.set_function(lambda: self.audit.depth)
         AUDIT_ACCEPTING.set(1)
         AUDIT_STORE_UP.labels(config.audit.store).set(1)
+        self.sends = open_send_store(config, self.vault)  # next to the audit trail
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
-                                 audit=self.audit, policy=self.policy, version=version())
+                                 audit=self.audit, policy=self.policy, version=version(), sends=self.sends)
         self.imap = ImapFront(self.services)
         self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
         self._stopped = asyncio.Event()
@@ -116,6 +118,7 @@ class Gateway:
         await self.imap.stop()
         await self.audit.close()
         self.audit_store.close()
+        self.sends.close()
         self._stopped.set()
 
     def reload(self) -> str | None:

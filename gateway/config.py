@@ -90,6 +90,9 @@ class SmtpConfig:
     tls_min_version: str = "TLSv1.2"
     max_message_bytes: int = 100 * 1000 * 1000
     timeout_s: float = 300.0  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+    #: A retried PEC whose earlier attempt has an unknown outcome (the connection broke after
+    #: DATA) and no accettazione yet: refused with 451 for this long, then sent again.
+    unknown_outcome_wait_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,7 @@ def _smtp(t: _Table, imap: ImapConfig) -> SmtpConfig:
         tls_min_version=t.str("tls_min_version", imap.tls_min_version, choices=("TLSv1.2", "TLSv1.3")),
         max_message_bytes=t.int("max_message_size", 100 * 1000 * 1000, minimum=1024),
         timeout_s=t.float("timeout", 300.0, minimum=1.0),
+        unknown_outcome_wait_s=t.float("unknown_outcome_wait", 600.0, minimum=0.0),
     )
     t.done()
     return cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -232,3 +233,106 @@ def test_auth_plain_challenge_abort_and_bad_base64(gw):
         blob = base64.b64encode(b"protocollo\x00alice\x00" + gw.credential("alice", "alice-password").encode())
         assert c.docmd("AUTH", "PLAIN " + blob.decode()) == (235, b"2.7.0 Authentication successful")
         assert c.docmd("AUTH", "PLAIN " + blob.decode())[0] == 503  # once per connection
+
+
+def raw_send_then_vanish(gw, message: bytes, rcpts, *, wait_for_provider: bool) -> None:
+    """A client that sends a whole PEC and drops the connection without reading the answer to
+    the final dot: at once, or once the message has reached the provider (the case where the
+    PEC went out and the client cannot know)."""
+    import base64
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(gw.pki.ca_cert))
+    sock = ctx.wrap_socket(socket.create_connection(("localhost", gw.smtp_ports["implicit"]), timeout=10),
+                           server_hostname="localhost")
+    reader = sock.makefile("rb")
+
+    def step(line: bytes, expect: bytes) -> None:
+        if line:
+            sock.sendall(line + b"\r\n")
+        while True:
+            reply = reader.readline()
+            if reply[3:4] != b"-":
+                break
+        assert reply.startswith(expect), reply
+
+    step(b"", b"220")
+    step(b"EHLO client.example.it", b"250")
+    blob = base64.b64encode(b"\x00alice\x00" + gw.credential("alice", "alice-password").encode())
+    step(b"AUTH PLAIN " + blob, b"235")
+    step(b"MAIL FROM:<%s>" % gw.mailbox.address.encode(), b"250")
+    for r in rcpts:
+        step(b"RCPT TO:<%s>" % r.encode(), b"250")
+    step(b"DATA", b"354")
+    sock.sendall(message + b".\r\n")
+    deadline = time.monotonic() + 10
+    while wait_for_provider and not gw.provider.received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock.close()  # gone without the reply
+
+
+def retry(gw, message: bytes) -> tuple[int, bytes]:
+    with client(gw) as c:  # the client's retry, as mail clients do after a broken connection
+        c.ehlo()
+        assert c.mail(gw.mailbox.address)[0] == 250
+        for r in (TRIBUNALE, CLIENTE):
+            assert c.rcpt(r)[0] == 250
+        return c.data(message)
+
+
+def test_a_client_that_vanishes_at_once_and_retries_sends_one_pec(gw):
+    """Whether the gateway got to relay it before noticing the client had gone or not, the
+    retry ends with exactly one PEC at the provider."""
+    message = pec(gw, extra="Message-ID: <retry.0@studio.example.it>")
+    raw_send_then_vanish(gw, message, [TRIBUNALE, CLIENTE], wait_for_provider=False)
+    deadline = time.monotonic() + 15
+    while True:  # 451 4.4.3 while the first attempt may still be going out: mail clients retry later
+        code, text = retry(gw, message)
+        if code != 451 or time.monotonic() > deadline:
+            break
+        assert text.startswith(b"4.4.3 An earlier attempt to send this PEC may have gone out")
+        time.sleep(0.3)
+    assert code == 250
+    assert len(gw.provider.received) == 1
+
+
+def test_a_client_that_vanishes_after_data_and_retries_sends_one_pec(gw):
+    message = pec(gw, extra="Message-ID: <retry.1@studio.example.it>")
+    start = len(gw.audit_events())
+    raw_send_then_vanish(gw, message, [TRIBUNALE, CLIENTE], wait_for_provider=True)
+    gw.provider.wait_receipts("<retry.1@studio.example.it>", count=1)  # it went out
+    rows = audit(gw, start, wait_for=3)  # the relay finished although the client was gone
+    assert [r["action"] for r in rows[:3]] == ["login", "send", "send_result"]
+    code, text = retry(gw, message)
+    assert (code, text) == (250, b"2.0.0 Already sent as <retry.1@studio.example.it> (already relayed); not sent "
+                                 b"again")
+    assert len(gw.provider.received) == 1  # one PEC, not two
+    assert [r["action"] for r in audit(gw, start, wait_for=6)][-1] == "send_duplicate"
+
+
+def test_a_provider_connection_lost_after_data_is_resolved_by_the_accettazione(gw):
+    """The provider takes the message and the connection breaks before its 250: the gateway
+    cannot know, says 451, and on the retry finds the accettazione in the mailbox."""
+    message = pec(gw, extra="Message-ID: <retry.2@studio.example.it>")
+    gw.provider.drop_after_data = True
+    with client(gw) as c:
+        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPServerDisconnected)) as exc:
+            c.sendmail(gw.mailbox.address, [TRIBUNALE, CLIENTE], message)
+    if isinstance(exc.value, smtplib.SMTPDataError):
+        assert exc.value.smtp_code == 451
+    gw.provider.drop_after_data = False
+    code, text = retry(gw, message)
+    assert code == 250 and b"accettazione found" in text and b"not sent again" in text
+    assert len(gw.provider.received) == 1
+
+
+def test_a_message_id_reused_for_a_different_pec_is_refused(gw):
+    with client(gw) as c:
+        c.sendmail(gw.mailbox.address, [TRIBUNALE, CLIENTE], pec(gw, extra="Message-ID: <same@x>"))
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            c.sendmail(gw.mailbox.address, [TRIBUNALE, CLIENTE],
+                       pec(gw, extra="Message-ID: <same@x>", subject="Altro atto"))
+    assert (exc.value.smtp_code, exc.value.smtp_error) == (
+        550, b"5.6.0 Message-ID <same@x> was already used for a different PEC from this mailbox; send this one "
+             b"with a new Message-ID")
+    assert len(gw.provider.received) == 1

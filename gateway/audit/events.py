@@ -27,6 +27,7 @@ class Action:
     ACCESS_WITHDRAWN = "access_withdrawn"  # a policy reload left the person no access to the mailbox
     SEND = "send"  # a PEC submission, recorded before it goes to the provider
     SEND_RESULT = "send_result"  # the provider's answer to it (or "outcome unknown")
+    SEND_DUPLICATE = "send_duplicate"  # a retry of a PEC already sent: answered, not sent again
 
 
 class Decision:

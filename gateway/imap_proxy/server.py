@@ -49,6 +49,7 @@ class Services:
     version: str = "0"
     sessions: set = field(default_factory=set)
     identities: IdentityCache = field(default_factory=IdentityCache)  # message identities, all sessions
+    sends: object = None  # gateway.sends.store.SendStore: the record of every PEC submitted
 
 
 class Connection:

@@ -22,10 +22,11 @@ from gateway.imap_proxy.mailbox import MailboxNameError, decode_mutf7
 from gateway.imap_proxy.provider_link import ProviderLink
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.session import GATEWAY_TAG_PREFIX
-from gateway.imap_proxy.syntax import Reader, TokenError, astring_octets
+from gateway.imap_proxy.syntax import Reader, TokenError, astring_octets, quote_string
 from gateway.secret import Secret
 
-__all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context", "provider_folders"]
+__all__ = ["UpstreamError", "UpstreamSession", "open_upstream", "client_tls_context", "provider_folders",
+           "provider_search"]
 
 
 class UpstreamError(Exception):
@@ -238,3 +239,33 @@ async def provider_folders(cfg: UpstreamConfig, password: Secret) -> list[str]:
     finally:
         up.link.close()
     return names
+
+
+async def provider_search(cfg: UpstreamConfig, password: Secret, folder: bytes, criteria: bytes) -> list[int]:
+    """The UIDs ``UID SEARCH <criteria>`` finds in ``folder`` (a wire name, EXAMINEd: nothing
+    is changed), on a short session of the gateway's own closed with LOGOUT.  For questions the
+    gateway asks on nobody's behalf (was this PEC accepted?), so no client is affected."""
+    up = await open_upstream(cfg, password)
+    conv = _Conversation(up.link)
+    if up.leftover:
+        conv.framer.receive_data(up.leftover)
+    found: list[int] = []
+
+    def on_search(head, frame: Frame) -> None:
+        if head.name == "SEARCH":
+            found.extend(int(w) for w in frame.lines[0].split()[2:] if w.isdigit())
+
+    try:
+        async with asyncio.timeout(cfg.login_timeout_s):
+            await conv.simple(f"EXAMINE {quote_string(folder).decode('latin-1')}")
+            tag = conv.next_tag()
+            up.link.write(b"%s UID SEARCH %s\r\n" % (tag.encode(), criteria))
+            status = await conv.tagged(tag, on_untagged=on_search)
+            if status.status != "OK":
+                raise UpstreamError("protocol", f"SEARCH refused by the provider: {status.text[:200]}")
+            up.link.write(b"%s LOGOUT\r\n" % conv.next_tag().encode())
+    except TimeoutError:
+        raise UpstreamError("timeout", f"SEARCH at {cfg.host}:{cfg.port} timed out") from None
+    finally:
+        up.link.close()
+    return found

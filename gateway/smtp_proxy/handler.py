@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import datetime as _dt
+import hashlib
 import logging
 import secrets
 from base64 import b64decode
@@ -35,6 +37,8 @@ from gateway.secret import Secret
 from gateway.smtp_proxy.message import summarise, with_message_id
 from gateway.smtp_proxy.rules import (Refusal, SendLimits, check_message, check_recipient, check_sender_right,
                                       normalise)
+from gateway.imap_proxy.upstream import UpstreamError
+from gateway.sends.mailbox_check import accettazione_in_mailbox
 from gateway.smtp_proxy.upstream import ProviderError, ProviderSubmission
 from policy.evaluate import mailbox_send_allowed
 
@@ -58,6 +62,7 @@ class Sender:
     provider: ProviderSubmission | None = None
     given_from: str | None = None  # the client's MAIL FROM (the mailbox's address goes up)
     accepted: list[str] = field(default_factory=list)  # recipients the provider accepted
+    sending: asyncio.Task | None = None  # the DATA being recorded and relayed, run to its end
 
     @property
     def person(self) -> str | None:
@@ -165,6 +170,14 @@ class SubmissionHandler:
         return f"{code} {text}"
 
     async def handle_DATA(self, server, session, envelope):
+        # The whole message is in: what follows runs to its end even if the client drops the
+        # connection now (aiosmtpd would cancel the hook), so a send is never left half-recorded
+        # — recorded but not relayed, or relayed but not marked — for a retry to stumble on.
+        sender: Sender = session.auth_data
+        sender.sending = asyncio.ensure_future(self._data(session, envelope))
+        return await asyncio.shield(sender.sending)
+
+    async def _data(self, session, envelope) -> str:
         sender: Sender = session.auth_data
         smtp = sender.mailbox.smtp
         if smtp is None or sender.provider is None:
@@ -180,21 +193,86 @@ class SubmissionHandler:
             return AUDIT_DOWN
         domain = sender.mailbox.address.rpartition("@")[2]
         message, message_id, added = with_message_id(original, summary, domain)
+        digest = hashlib.sha256(original).hexdigest()
         ref = MessageRef(message_id=message_id, subject=summary.subject, sender=", ".join(summary.from_))
+        sends = self.services.sends
+        previous = await asyncio.to_thread(sends.find, sender.mailbox.name, message_id)
+        if previous is not None:
+            answer = await self._previous_attempt(session, sender, previous, digest, ref)
+            if answer is not None:
+                await sender.provider.rset()
+                return answer
+            send_id = previous.id  # refused before, or unknown for too long: it goes again
+            await asyncio.to_thread(sends.set_state, send_id, "recorded")
+        else:
+            try:
+                send_id = await asyncio.to_thread(
+                    sends.record, person=sender.person or "", offices=sender.result.offices,
+                    mailbox=sender.mailbox.name, session_id=sender.session_id, message_id=message_id,
+                    content_sha256=digest, subject=summary.subject, size=len(message),
+                    attachments=[{"name": a.name, "sha256": a.sha256, "size": a.size} for a in summary.attachments],
+                    recipients=[normalise(r) for r in envelope.rcpt_tos])
+            except Exception as exc:  # noqa: BLE001 - the same PEC recorded meanwhile, or the store down
+                log.error("session %s: cannot record the send: %s", sender.session_id, type(exc).__name__)
+                await sender.provider.rset()
+                return "451 4.3.0 The send could not be recorded; nothing was sent, try again later"
         self._audit(session, Action.SEND, Decision.ALLOW, sender=sender, message=ref, detail={
             "envelope_from": sender.given_from, "recipients": [normalise(r) for r in envelope.rcpt_tos],
-            "size": len(message), "message_id_added": added,
+            "size": len(message), "message_id_added": added, "send_id": send_id,
             "attachments": [f"{a.name} sha256:{a.sha256}" for a in summary.attachments]})
+        return await self._relay(session, sender, send_id, message, ref)
+
+    async def _relay(self, session, sender: Sender, send_id: str, message: bytes, ref: MessageRef) -> str:
+        """DATA to the provider; the record and the audit say what came of it."""
+        assert sender.provider is not None
         try:
             code, text = await sender.provider.data(message)
         except ProviderError as exc:
+            reply = f"{exc.reply[0]} {exc.reply[1]}"
+            await asyncio.to_thread(self.services.sends.set_state, send_id, "unknown", reply=reply)
             self._audit(session, Action.SEND_RESULT, Decision.ERROR, sender=sender, message=ref,
-                        reason="outcome_unknown", detail={"reply": f"{exc.reply[0]} {exc.reply[1]}"})
+                        reason="outcome_unknown", detail={"reply": reply, "send_id": send_id})
             log.error("session %s: %s", sender.session_id, exc.log)
-            return f"{exc.reply[0]} {exc.reply[1]}"
+            return reply
+        reply = f"{code} {text}"
+        await asyncio.to_thread(self.services.sends.set_state, send_id, "relayed" if code == 250 else "refused",
+                                reply=reply)
         self._audit(session, Action.SEND_RESULT, Decision.ALLOW if code == 250 else Decision.DENY, sender=sender,
-                    message=ref, detail={"reply": f"{code} {text}"})
-        return f"{code} {text}"
+                    message=ref, detail={"reply": reply, "send_id": send_id})
+        return reply
+
+    async def _previous_attempt(self, session, sender: Sender, previous, digest: str, ref: MessageRef) -> str | None:
+        """The same Message-ID was submitted from this mailbox before: the answer that avoids a
+        second PEC, or None when it may go (again).  PEC.md section 5: after a broken connection,
+        look for the accettazione before sending again."""
+        mid = ref.message_id
+        if previous.content_sha256 != digest:
+            refusal = Refusal(550, "5.6.0", f"Message-ID {mid} was already used for a different PEC from this "
+                                            "mailbox; send this one with a new Message-ID", "message_id_reused")
+            return self._refused(session, sender, refusal, "DATA", message_id=mid)
+        if previous.state in ("relayed", "accepted"):
+            return self._duplicate(session, sender, previous, ref, "already relayed")
+        if previous.state in ("refused", "not_accepted"):
+            return None
+        try:  # recorded or unknown: did it go out after all?
+            accepted = await accettazione_in_mailbox(sender.mailbox, self.services.vault, mid or "")
+        except UpstreamError as exc:
+            log.error("session %s: cannot check the mailbox for an accettazione: %s", sender.session_id, exc)
+            return "451 4.4.1 The PEC provider cannot be reached to check an earlier attempt; try again later"
+        if accepted:
+            await asyncio.to_thread(self.services.sends.set_state, previous.id, "relayed",
+                                    reply="accettazione found in the mailbox")
+            return self._duplicate(session, sender, previous, ref, "accettazione found")
+        waited = (utc_now() - _dt.datetime.fromisoformat(previous.updated)).total_seconds()
+        if waited < self.services.config.smtp.unknown_outcome_wait_s:
+            return ("451 4.4.3 An earlier attempt to send this PEC may have gone out: waiting for the provider's "
+                    "accettazione; try again in a few minutes")
+        return None
+
+    def _duplicate(self, session, sender: Sender, previous, ref: MessageRef, why: str) -> str:
+        self._audit(session, Action.SEND_DUPLICATE, Decision.ALLOW, sender=sender, message=ref, reason=why,
+                    detail={"send_id": previous.id, "first_sent": previous.created})
+        return f"250 2.0.0 Already sent as {ref.message_id} ({why}); not sent again"
 
     async def handle_RSET(self, server, session, envelope):
         sender = session.auth_data
@@ -209,7 +287,11 @@ class SubmissionHandler:
     async def closed(self, session) -> None:
         """The client connection ended (QUIT or lost): close the provider connection."""
         sender = session.auth_data
-        if isinstance(sender, Sender) and sender.provider is not None:
+        if not isinstance(sender, Sender):
+            return
+        if sender.sending is not None and not sender.sending.done():
+            await asyncio.wait([sender.sending])  # the provider connection is still needed for it
+        if sender.provider is not None:
             provider, sender.provider = sender.provider, None
             await provider.close()
 

@@ -29,13 +29,13 @@ class _SubmissionSMTP(SMTP):
     """aiosmtpd's protocol, telling the handler when a client connection ends (to close the
     provider connection that belongs to it) and keeping the live connections known."""
 
-    def __init__(self, handler: SubmissionHandler, live: set, *, implicit_tls: bool, **kwargs) -> None:
+    def __init__(self, handler: SubmissionHandler, live: set, *, implicit_tls: bool, endings: set, **kwargs) -> None:
         super().__init__(handler, auth_require_tls=True, **kwargs)
         if implicit_tls:
             # aiosmtpd counts only STARTTLS as TLS; on the implicit-TLS port every octet is
             # already encrypted, so AUTH is allowed at once (the requirement holds, not its check)
             self._auth_require_tls = False
-        self._live = live
+        self._live, self._endings = live, endings
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -45,8 +45,10 @@ class _SubmissionSMTP(SMTP):
         session = self.session
         super().connection_lost(error)
         self._live.discard(self)
-        if session is not None:
-            self.loop.create_task(self.event_handler.closed(session))
+        if session is not None:  # a send still being relayed finishes first (see the handler)
+            task = self.loop.create_task(self.event_handler.closed(session))
+            self._endings.add(task)
+            task.add_done_callback(self._endings.discard)
 
 
 class SmtpFront:
@@ -57,6 +59,7 @@ class SmtpFront:
         self.handler = SubmissionHandler(services)
         self._servers: list[tuple[ListenerConfig, asyncio.base_events.Server]] = []
         self.connections: set[_SubmissionSMTP] = set()
+        self._endings: set[asyncio.Task] = set()  # connections winding down (a send finishing)
 
     async def start(self) -> None:
         cfg = self.services.config.smtp
@@ -69,7 +72,8 @@ class SmtpFront:
 
             def factory(starttls=starttls):
                 return _SubmissionSMTP(
-                    self.handler, self.connections, implicit_tls=not starttls, hostname=None, ident=IDENT,
+                    self.handler, self.connections, implicit_tls=not starttls, endings=self._endings,
+                    hostname=None, ident=IDENT,
                     data_size_limit=cfg.max_message_bytes, tls_context=ctx if starttls else None,
                     require_starttls=starttls, auth_required=True, timeout=cfg.timeout_s, loop=loop)
 
@@ -87,12 +91,17 @@ class SmtpFront:
             out.setdefault(listener.tls, server.sockets[0].getsockname()[1])
         return out
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop listening and close every connection; a send being relayed is let finish (its
+        record and audit rows are written before the stores close)."""
         for _, server in self._servers:
             server.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        await asyncio.sleep(0)  # let connection_lost run
+        if self._endings:
+            await asyncio.wait(list(self._endings), timeout=grace_s)
         for _, server in self._servers:
             await server.wait_closed()
         self._servers.clear()

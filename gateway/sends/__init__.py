@@ -1,0 +1,1 @@
+"""PEC sends: the record of every submission, its state and its receipts."""
