@@ -22,6 +22,7 @@ the gateway's identity lookups.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -189,7 +190,7 @@ class AuditTrail:
             return []
         data = parse_fetch(frame)
         if data is None:
-            return self._unreadable_fetch(seq)
+            return self._unreadable_fetch(seq, frame)
         if data.uid is not None:
             self.view.learn(data.seq, data.uid)
         uid = data.uid if data.uid is not None else self.view.uid_of(data.seq)
@@ -207,10 +208,14 @@ class AuditTrail:
         return [Happened("fetch", self.folder, self._ref(uid), {
             "content": kind, "items": list(data.content + data.headers + data.other)}, data.seq)]
 
-    def _unreadable_fetch(self, seq: int) -> list[Happened]:
+    def _unreadable_fetch(self, seq: int, frame: Frame) -> list[Happened]:
         """A FETCH reply the tokeniser cannot read (a BODYSTRUCTURE nested deeper than its limit:
         the sender of a PEC chooses that structure) still went to the person: a row that says
-        what is known, rather than none."""
+        what is known, rather than none.  Its UID, when it comes before any nested value, is
+        read from the line itself."""
+        match = _LEADING_UID.match(frame.lines[0])
+        if match is not None and self.view is not None:
+            self.view.learn(seq, int(match.group(1)))
         uid = self.view.uid_of(seq) if self.view is not None else None
         running = self._owner(seq, uid)
         if running is None or running.name != "FETCH":
@@ -225,8 +230,9 @@ class AuditTrail:
             uids = SequenceSet.parse(text[-1])
         except ValueError:
             return []
-        gone = self.view.vanished(uids) if self.view is not None else []
-        if "(EARLIER)" in (t.upper() for t in text):
+        earlier = "(EARLIER)" in (t.upper() for t in text)
+        gone = self.view.vanished(uids, None if earlier else len(uids)) if self.view is not None else []
+        if earlier:
             return []
         return self._left(list(gone))
 
@@ -256,13 +262,15 @@ class AuditTrail:
         if tag in self._order:
             self._order.remove(tag)
         status = parse_status(frame)
+        rows = self._completed(tag, running, status)
         if self._deselect_after is not None:
             self._deselect_after.discard(tag)
-            if not self._deselect_after:
+            if not self._deselect_after:  # the last command relayed before the withdrawal
                 self._deselect_after = None
-                rows = self._confirmed(running, status) if running is not None and status.status == "OK" else []
                 self.folder, self.view = None, None
-                return rows
+        return rows
+
+    def _completed(self, tag: str, running: _Running | None, status: StatusResponse) -> list[Happened]:
         ok = status.status == "OK"
         if self._selecting is not None and self._selecting[0] == tag:
             _tag, folder, examine = self._selecting
@@ -376,6 +384,10 @@ class AuditTrail:
 
     def _ref(self, uid: int | None) -> MessageRef:
         return MessageRef(self.view.uidvalidity if self.view is not None else None, uid)
+
+
+#: ``* n FETCH (… UID u …`` with the UID among the leading flat items (before any list or string).
+_LEADING_UID = re.compile(rb"^\* \d+ FETCH \((?:[^()\[\]{}\"]*? )?UID (\d+)[ )]", re.IGNORECASE)
 
 
 def _header_block(message: bytes) -> bytes:

@@ -83,31 +83,35 @@ class DeletedQuestion:
     def _view(self) -> MailboxView | None:
         return self._view_of()
 
-    def collect(self, frame: Frame) -> None:
+    def collect(self, frame: Frame) -> bool:
+        """One untagged reply while the question runs: True when it answers the question.
+        Anything else (another session's flag change, say) is the client's as usual."""
         if self.answer == "SEARCH":
             self.seqs += [int(w) for w in frame.lines[0].split()[2:] if w.isdigit()]
-            return
+            return True
         match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
-        if match is not None and self._view is not None:
-            self._view.learn(int(match.group(1)), int(match.group(2)))
-        elif match is None:
-            self._on_fetch(frame)
+        if match is not None:
+            if self._view is not None:
+                self._view.learn(int(match.group(1)), int(match.group(2)))
+            return True
+        return self._on_fetch(frame)
 
     def answered(self, frame: Frame) -> bytes | None:
         """The step's tagged reply: the next command to send, or None when the answer is in."""
         if parse_status(frame).status != "OK" or self._view is None:
             self.failed = True
             return None
-        if self.answer == "FETCH":
+        if self.answer == "FETCH" or not self.seqs:
             return None
-        ask = [n for n in self.seqs if self._view.uid_of(n) is None or self._unnamed(n)]
-        if not ask:
-            return None
+        # every number found is asked its UID: the view's mapping can be stale (a VANISHED
+        # naming a message whose number was never learnt), and an expunge of the wrong UID
+        # would be worse than one more round trip
+        unnamed = any(self._unnamed(n) for n in self.seqs)
         self.answer = "FETCH"
         self.tag = self._tagger()
-        chunks = format_chunks(ask)
+        chunks = format_chunks(self.seqs)
         which = chunks[0] if len(chunks) == 1 else "1:*"  # one bounded line, whatever the set
-        items = f"UID {self._item}".strip() if len(chunks) == 1 else "UID"
+        items = f"UID {self._item}".strip() if len(chunks) == 1 and unnamed else "UID"
         self.line = b"%s FETCH %s (%s)\r\n" % (self.tag.encode(), which.encode(), items.encode())
         return self.line
 

@@ -51,6 +51,7 @@ class IdentityLookups:
         self.outstanding: set[str] = set()
         self.prime_wanted = False
         self._mapping: str | None = None  # our FETCH 1:* (UID), mapping every number to its UID
+        self.for_client: list[bytes] = []  # flag changes folded into replies to our questions
         self._receipts: list[int] = []  # UIDs just identified as receipts: their daticert is next
         self._structures: tuple[set[str], dict] | None = None  # our BODYSTRUCTURE fetches: UID -> part
         self._parts: dict[str, tuple[str, str]] = {}  # our part fetches: tag -> (section, encoding)
@@ -161,11 +162,11 @@ class IdentityLookups:
         uid = view.uid_of(seq) if view is not None else None
         return uid is None or self.cache.get(self._key(self.trail.folder, MessageRef(view.uidvalidity, uid))) is None
 
-    def absorb(self, frame: Frame) -> None:
-        """A reply to an identity fetch made on the gateway's behalf elsewhere (before an expunge)."""
+    def absorb(self, frame: Frame) -> bool:
+        """A reply to an identity fetch made on the gateway's behalf elsewhere (before an
+        expunge): True when it was one."""
         read = read_fetch(frame)
-        if read is not None:
-            self._identity(read)
+        return read is not None and self._identity(read)
 
     def _identity_lines(self, seqs: list[int]) -> list[bytes]:
         return [f"{self._tag('i')} FETCH {chunk} (UID {IDENTITY_ITEM})\r\n".encode() for chunk in format_chunks(seqs)]
@@ -182,13 +183,45 @@ class IdentityLookups:
             # not even tokenisable (e.g. a BODYSTRUCTURE nested past the limit): while only the
             # gateway's own fetch of structures or parts runs, it is the answer to it
             return self._structures is not None or bool(self._parts)
-        return self._identity(read) or self._receipt_reply(read[2])
+        if not (self._identity(read) or self._receipt_reply(read[2])):
+            return False
+        self._pass_on_flags(read)
+        return True
+
+    def _pass_on_flags(self, read: tuple) -> None:
+        """A server may fold a message's changed FLAGS into any FETCH reply about it (RFC 3501
+        §7.4.2), the gateway's own included: that part is the client's, passed on as an
+        unsolicited ``* n FETCH (FLAGS … UID …)``."""
+        seq, _name, items = read
+        pairs = dict((str(k).upper(), v) for k, v in zip(items[::2], items[1::2]))
+        flags = pairs.get("FLAGS")
+        if not isinstance(flags, list) or not str(seq).isdigit():
+            return
+        parts = [b"FLAGS (%s)" % " ".join(str(f) for f in flags).encode("utf-8", "replace")]
+        for key in ("UID", "MODSEQ"):
+            value = pairs.get(key)
+            if isinstance(value, list):
+                parts.append(b"%s (%s)" % (key.encode(), " ".join(str(v) for v in value).encode()))
+            elif value is not None and str(value).isdigit():
+                parts.append(b"%s %s" % (key.encode(), str(value).encode()))
+        self.for_client.append(b"* %s FETCH (%s)\r\n" % (str(seq).encode(), b" ".join(parts)))
 
     def _uid_only(self, head: Head, frame: Frame) -> bool:
-        """``* n FETCH (UID u)``: the priming map, one message at a time."""
-        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
-        if match is None or head.number is None or self.trail.view is None:
+        """``* n FETCH (UID u)`` (a provider may add ``MODSEQ (m)``): the priming map, one
+        message at a time.  A reply carrying anything else (FLAGS) is not the map's."""
+        if head.number is None or self.trail.view is None or frame.literals:
             return False
+        match = _UID_ONLY.match(frame.lines[0])
+        if match is None:
+            read = read_fetch(frame)
+            items = read[2] if read is not None else None
+            if not isinstance(items, list) or {str(k).upper() for k in items[::2]} - {"UID", "MODSEQ"}:
+                return False
+            uid = next((str(v) for k, v in zip(items[::2], items[1::2]) if str(k).upper() == "UID"), "")
+            if not uid.isdigit():
+                return False
+            self.trail.view.learn(head.number, int(uid))
+            return True
         self.trail.view.learn(head.number, int(match.group(1)))
         return True
 

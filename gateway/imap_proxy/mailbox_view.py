@@ -27,6 +27,7 @@ class MailboxView:
     def __init__(self, uidvalidity: int | None = None, exists: int = 0) -> None:
         self.uidvalidity = uidvalidity
         self._uids: list[int | None] = [None] * exists
+        self.forgot = False  # mappings were dropped (see vanished): the gateway should map again
 
     def __len__(self) -> int:
         return len(self._uids)
@@ -59,12 +60,24 @@ class MailboxView:
             return None
         return self._uids.pop(seq - 1)
 
-    def vanished(self, gone: Container[int]) -> list[int]:
+    def vanished(self, gone: Container[int], count: int | None = None) -> list[int]:
         """``* VANISHED``: remove these UIDs (a set or a :class:`SequenceSet`); return those
-        that were in the view."""
+        that were in the view.
+
+        ``count`` is how many messages left (a VANISHED without EARLIER names only messages
+        that were there).  When some of them had positions whose UID the view never learnt,
+        which positions left is not said: every mapping from the first unknown position on is
+        forgotten (to be asked again), never guessed — a wrong guess would name, or expunge,
+        the wrong message.
+        """
         present = [u for u in self._uids if u is not None and u in gone]
         if present:
             self._uids = [u for u in self._uids if u is None or u not in gone]
+        missing = (count or 0) - len(present)
+        if missing > 0 and None in self._uids:
+            first = self._uids.index(None)
+            self._uids[first:] = [None] * max(0, len(self._uids) - first - missing)
+            self.forgot = True
         return present
 
     def seqs_of(self, uids) -> list[int]:

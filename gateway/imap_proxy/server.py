@@ -101,7 +101,7 @@ class Connection:
             await self._perform(self.session.client_closed())
         except Exception:
             log.exception("session %s: internal error; closing this session", self.session.session_id)
-            await self._perform(self.session.client_closed())
+            await self._perform(self.session.internal_error())
         finally:
             while self.session.draining and not self._closed:
                 # the client left while audited commands ran: their replies still make rows
@@ -169,7 +169,7 @@ class Connection:
             done, wrote_client, _ = self._apply(actions)
         except Exception:
             log.exception("session %s: internal error in the provider reader", self.session.session_id)
-            actions, done, wrote_client = self.session.client_closed(), 0, False
+            actions, done, wrote_client = self.session.internal_error(), 0, False
         if done < len(actions):  # e.g. Close: finish in order in a task
             self._spawn(self._perform(actions[done:], drain_upstream=False))
         elif wrote_client and self._client_drain is None and not self._closed:

@@ -215,6 +215,15 @@ class ImapSession(PreauthVerbs):
             return []
         return self._count_out(self._client_gone("client closed the connection"))
 
+    def internal_error(self) -> list:
+        """Something in the gateway failed for this session: end it now (never draining: the
+        reply that failed is lost), writing the rows that wait and the logout row."""
+        if self.state is SessionState.LOGOUT:
+            return []
+        self._draining = None
+        return self._count_out(self._bye(b"[UNAVAILABLE] Internal error in the gateway; please reconnect",
+                                         reason="internal_error"))
+
     def _client_gone(self, reason: str) -> list:
         """The client left.  Audited commands it sent may be running at the provider (an
         EXPUNGE, a MOVE): their replies are still read, for the audit rows, before the session
@@ -512,14 +521,21 @@ class ImapSession(PreauthVerbs):
                 return [act.SendToClient(frame.raw)] + out + self._pump_client()
             return out + self._pump_client()
         if head.kind is Kind.UNTAGGED:
-            if self._held is not None and self._held.listing and head.name == self._held.question.answer:
-                self._held.question.collect(frame)  # nothing else is in flight: this answers the gateway
-                return []
+            if (self._held is not None and self._held.listing and head.name == self._held.question.answer
+                    and self._held.question.collect(frame)):
+                return []  # nothing else is in flight: this answers the gateway's question
             if self._ids is not None and self._ids.untagged(head, frame):
-                return []  # a reply to the gateway's own identity command
+                # a reply to the gateway's own identity command; a flag change folded into it
+                # is the client's
+                forward, self._ids.for_client = self._ids.for_client, []
+                return [act.SendToClient(b"".join(forward))] if forward else []
             audit = self._happened(self._trail.untagged(head, frame)) if self._trail is not None else []
             if head.name == "EXPUNGE" and head.number is not None and self._ids is not None:
                 self._ids.expunged(head.number)
+            view = self._trail.view if self._trail is not None else None
+            if view is not None and view.forgot and self._ids is not None:
+                view.forgot = False
+                self._ids.prime_wanted = True  # map the folder again at the next quiet moment
             if head.name in ("EXPUNGE", "VANISHED") and self._trail is not None and self._trail.closing:
                 return audit  # the gateway's expunge for a CLOSE: the closing client expects none
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
@@ -710,8 +726,9 @@ class _SubfolderQuestion:
         self.line, self.tag, self._guard = line, line.split(b" ", 1)[0].decode("ascii"), guard
         self.ok = False
 
-    def collect(self, frame: Frame) -> None:
+    def collect(self, frame: Frame) -> bool:
         self._guard.collect(frame)
+        return True
 
     def answered(self, frame: Frame) -> bytes | None:
         self.ok = parse_status(frame).status == "OK"

@@ -96,7 +96,9 @@ def test_a_refused_own_expunge_for_close_is_said_to_the_client():
     s = selected_lavoro(prime3())
     s.client_data(b"c1 CLOSE\r\n")
     s.upstream_data(b"* SEARCH 2\r\nPECGW.x1 OK done\r\n")
-    out = s.upstream_data(b"PECGW.e2 NO [EXPUNGEISSUED] Some messages were not expunged\r\nc1 OK done\r\n")
+    out = s.upstream_data(b"* 2 FETCH (UID 35)\r\nPECGW.x2 OK done\r\n")
+    assert upstream_lines(out) == [b"PECGW.e3 UID EXPUNGE 35\r\n", b"c1 UNSELECT\r\n"]
+    out = s.upstream_data(b"PECGW.e3 NO [EXPUNGEISSUED] Some messages were not expunged\r\nc1 OK done\r\n")
     assert sent(out) == (b"* NO The messages marked for deletion were not expunged: Some messages were not "
                          b"expunged\r\nc1 OK done\r\n")
 
@@ -170,7 +172,8 @@ def test_a_reload_withdrawing_the_folder_keeps_the_rows_of_the_expunge_already_g
     s.upstream_data(b"PECGW.b3 OK done\r\n")  # the receipt among them: no daticert
     s.client_data(b"x1 EXPUNGE\r\nn1 NOOP\r\n")
     live.current = policy([("Lavoro", ""), ("INBOX", "lrswipkxtea")], "<reloaded>")  # a SIGHUP
-    out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK done\r\n")
+    s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK done\r\n")
+    out = s.upstream_data(b"* 3 FETCH (UID 39)\r\nPECGW.x2 OK done\r\n")
     assert upstream_lines(out)[0] == b"x1 UID EXPUNGE 39\r\n"
     out = s.upstream_data(b"* 3 EXPUNGE\r\nx1 OK Expunge completed\r\n")
     assert [(e.action, e.message.uid if e.message else None) for e in audits(out)

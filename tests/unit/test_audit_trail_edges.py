@@ -112,7 +112,8 @@ def test_a_waiting_row_follows_an_expunge_and_stays_in_its_folder():
     s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\nx1 EXPUNGE\r\n")
     out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n"  # the expunge asks first
-    out = s.upstream_data(b"* SEARCH 1\r\nPECGW.x1 OK done\r\n")
+    s.upstream_data(b"* SEARCH 1\r\nPECGW.x1 OK done\r\n")
+    out = s.upstream_data(b"* 1 FETCH (UID 31)\r\nPECGW.x2 OK done\r\n")
     assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 31\r\n"
     out = s.upstream_data(b"* 1 EXPUNGE\r\nx1 OK done\r\n")
     # the fetched message was number 4; after the expunge it is number 3

@@ -22,7 +22,9 @@ def test_another_sessions_expunge_in_the_persons_reply_is_not_theirs():
     s = selected_lavoro(prime3())
     out = s.client_data(b"x1 EXPUNGE\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n" and s.reading_paused
-    out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK Search completed\r\n")  # numbers: UID 39
+    out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK Search completed\r\n")  # by number
+    assert sent(out, act.SendToUpstream) == b"PECGW.x2 FETCH 3 (UID)\r\n"  # which UID, never assumed
+    out = s.upstream_data(b"* 3 FETCH (UID 39)\r\nPECGW.x2 OK done\r\n")
     assert sent(out) == b""  # the gateway's question is not shown
     assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 39\r\n"  # exactly what the person marked
     # a colleague expunged UID 31 a moment ago: the provider reports it first
@@ -62,9 +64,10 @@ def test_close_is_expunged_by_the_gateway_and_every_message_gets_its_row():
     s = selected_lavoro(prime3())
     out = s.client_data(b"c1 CLOSE\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n"
-    out = s.upstream_data(b"* SEARCH 2 3\r\nPECGW.x1 OK Search completed\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.e2 UID EXPUNGE 35,39\r\nc1 UNSELECT\r\n"
-    out = s.upstream_data(b"* 2 EXPUNGE\r\n* 2 EXPUNGE\r\nPECGW.e2 OK Expunge completed\r\n"
+    s.upstream_data(b"* SEARCH 2 3\r\nPECGW.x1 OK Search completed\r\n")
+    out = s.upstream_data(b"* 2 FETCH (UID 35)\r\n* 3 FETCH (UID 39)\r\nPECGW.x2 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b"PECGW.e3 UID EXPUNGE 35,39\r\nc1 UNSELECT\r\n"
+    out = s.upstream_data(b"* 2 EXPUNGE\r\n* 2 EXPUNGE\r\nPECGW.e3 OK Expunge completed\r\n"
                           b"c1 OK Unselect completed\r\n")
     assert sent(out) == b"c1 OK Unselect completed\r\n"  # RFC 3501 §6.4.2: CLOSE sends no EXPUNGE
     assert [(r[0], r[1], r[2], r[3]) for r in rows(out)] == [
