@@ -183,7 +183,7 @@ def test_refused_after_acceptance_gives_only_a_non_accettazione(pec_provider, pe
 def swaks(provider: PecProvider, mailbox, pki, tls: str, auth: str, msgid: str):
     cmd = [program("swaks"), "--server", "127.0.0.1", "--port", str(provider.port), tls,
            "--tls-verify", "--tls-ca-path", str(pki.ca_cert), "--tls-sni", "localhost",
-           "--auth", auth, "--auth-user", mailbox.address, "--auth-password", mailbox.password,
+           "--auth", auth, "--auth-user", mailbox.address, f"--auth-password={mailbox.password}",  # may start with "-"
            "--from", mailbox.address, "--to", COMUNE, "--header", f"Message-Id: {msgid}",
            "--header", "Subject: Prova swaks"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=20)

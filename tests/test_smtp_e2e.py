@@ -104,7 +104,7 @@ def test_swaks_sends_over_starttls_with_auth_login(gw, tmp_path):
     proc = subprocess.run(
         [program("swaks"), "--server", "localhost", "--port", str(gw.smtp_ports["starttls"]), "--tls",
          "--tls-verify", "--tls-ca-path", str(gw.pki.ca_cert), "--auth", "LOGIN", "--auth-user", "alice",
-         "--auth-password", gw.credential("alice", "alice-password"), "--from", gw.mailbox.address,
+         "--auth-password=" + gw.credential("alice", "alice-password"), "--from", gw.mailbox.address,
          "--to", TRIBUNALE, "--data", str(message)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (sub,) = gw.provider.accepted
