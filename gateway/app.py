@@ -2,8 +2,9 @@
 
 Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
 service password from the vault) → OTP and trust windows → authenticator → policy → login
-service → audit chain key, store and sink → IMAP front.  ``Gateway.start``/``stop`` bracket the listeners and flush the audit
-sink, so a clean stop loses no event.
+service → audit chain key, store and sink → IMAP front → SMTP front → receipt watchers.
+``Gateway.start``/``stop`` bracket the listeners and the watchers and flush the audit sink, so a
+clean stop loses no event.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
 from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
 from gateway.sends.store import open_send_store
+from gateway.sends.watcher import ReceiptWatchers
 from gateway.smtp_proxy.server import SmtpFront
 from gateway.vault import Vault, VaultError, otp_key
 from policy import PolicyError
@@ -106,14 +108,18 @@ class Gateway:
                                  audit=self.audit, policy=self.policy, version=version(), sends=self.sends)
         self.imap = ImapFront(self.services)
         self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
+        # one provider session per sending mailbox, linking its receipts to the sends
+        self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit)
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         self.audit.start()
         await self.imap.start()
         await self.smtp.start()
+        self.watchers.start()
 
     async def stop(self) -> None:
+        await self.watchers.stop()  # before the audit sink closes: their last rows go in
         await self.smtp.stop()
         await self.imap.stop()
         await self.audit.close()

@@ -28,6 +28,7 @@ class Action:
     SEND = "send"  # a PEC submission, recorded before it goes to the provider
     SEND_RESULT = "send_result"  # the provider's answer to it (or "outcome unknown")
     SEND_DUPLICATE = "send_duplicate"  # a retry of a PEC already sent: answered, not sent again
+    RECEIPT = "receipt"  # a provider receipt linked to a send by the receipt watcher (PEC.md section 4)
 
 
 class Decision:

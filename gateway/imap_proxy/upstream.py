@@ -269,3 +269,28 @@ async def provider_search(cfg: UpstreamConfig, password: Secret, folder: bytes, 
     finally:
         up.link.close()
     return found
+
+
+class ProviderConversation(_Conversation):
+    """A long-lived session of the gateway's own with the provider (the receipt watcher's):
+    :func:`open_upstream`, then the same frame-by-frame reading the gateway's short questions
+    use, and room for commands such as IDLE that wait on the provider."""
+
+    @classmethod
+    async def open(cls, cfg: UpstreamConfig, password: Secret) -> "ProviderConversation":
+        """Connect, verify TLS and log in; raises :class:`UpstreamError` like :func:`open_upstream`."""
+        up = await open_upstream(cfg, password)
+        conv = cls(up.link)
+        conv.capabilities = up.capabilities
+        if up.leftover:  # b"" would mean end of stream
+            conv.framer.receive_data(up.leftover)
+        return conv
+
+    def has_capability(self, name: str) -> bool:
+        return any(c.upper() == name.upper() for c in self.capabilities or ())
+
+    def close(self) -> None:
+        """LOGOUT (its BYE is not waited for), then close the connection."""
+        if not self.link.is_closing():
+            self.link.write(b"%s LOGOUT\r\n" % self.next_tag().encode())
+        self.link.close()

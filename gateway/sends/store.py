@@ -10,7 +10,14 @@ States of a send: ``recorded`` (about to go up), ``relayed`` (the provider said 
 gone out — only an accettazione will tell).  The receipts move it on: ``accepted`` with the
 accettazione (which also gives the identificativo), ``not_accepted`` with a non-accettazione.
 Each recipient has its own state (PEC.md section 4): ``pending``, then ``delivered`` /
-``failed`` / ``warned`` (a preavviso, which a later delivery overrides).
+``failed`` / ``warned`` (a preavviso, which a later delivery overrides).  A receipt is proof:
+once an accettazione or a non-accettazione is linked, the SMTP outcome arriving later
+(``relayed``, ``unknown``, ``refused``) does not replace it.
+
+The receipt watcher (:mod:`gateway.sends.watcher`) also keeps here every receipt it linked
+(``pec_receipts``, keyed by PEC.md section 4 step 5's deduplication key) and, per mailbox and
+folder, the UIDVALIDITY and last UID it examined (``pec_watch_marks``), so a restart picks up
+where it stopped.
 
 The tables live next to the audit trail — the same SQLite file or PostgreSQL schema — through
 one DB-API implementation (only the placeholder differs).  Blocking, like the audit store:
@@ -43,7 +50,18 @@ _SCHEMA = (
         at TEXT, detail TEXT, PRIMARY KEY (send_id, address))""",
     "CREATE INDEX IF NOT EXISTS pec_sends_person_created ON {p}pec_sends (person, created)",
     "CREATE INDEX IF NOT EXISTS pec_sends_identificativo ON {p}pec_sends (identificativo)",
+    """CREATE TABLE IF NOT EXISTS {p}pec_receipts (
+        dedupe_key TEXT PRIMARY KEY, send_id TEXT NOT NULL, tipo TEXT NOT NULL, at TEXT, consegna TEXT,
+        detail TEXT, mailbox TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity BIGINT, uid BIGINT,
+        linked TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pec_receipts_send ON {p}pec_receipts (send_id)",
+    """CREATE TABLE IF NOT EXISTS {p}pec_watch_marks (
+        mailbox TEXT NOT NULL, folder TEXT NOT NULL, uidvalidity BIGINT NOT NULL, last_uid BIGINT NOT NULL,
+        updated TEXT NOT NULL, PRIMARY KEY (mailbox, folder))""",
 )
+#: States only a receipt gives; the SMTP outcome recorded after them does not replace them.
+_RECEIPT_STATES = ("accepted", "not_accepted")
+_SMTP_OUTCOMES = ("relayed", "refused", "unknown")
 
 
 def _now() -> str:
@@ -73,14 +91,17 @@ class SendRecord:
 
 
 class SendStore:
-    """Send records over a DB-API connection (sqlite3 or psycopg); ``schema`` for PostgreSQL."""
+    """Send records over a DB-API connection (sqlite3 or psycopg); ``schema`` for PostgreSQL.
+    ``read_only`` (for ``pecgw sends``) creates nothing: the connection must be read-only too."""
 
-    def __init__(self, connect, *, placeholder: str, schema: str | None = None) -> None:
+    def __init__(self, connect, *, placeholder: str, schema: str | None = None, read_only: bool = False) -> None:
         self._connect = connect
         self._ph = placeholder
         self._p = f'"{schema}".' if schema else ""
         self._lock = threading.Lock()
         self._db = connect()
+        if read_only:
+            return
         with self._lock:
             for statement in _SCHEMA:
                 self._db.execute(statement.format(p=self._p))
@@ -123,9 +144,14 @@ class SendStore:
         return send_id
 
     def set_state(self, send_id: str, state: str, *, reply: str | None = None) -> None:
+        """The send's state; an SMTP outcome (relayed, refused, unknown) leaves a state a receipt
+        gave (accepted, not_accepted) as it is: the receipt may be linked before the provider's
+        250 reaches the gateway, and it is the proof (PEC.md section 4)."""
         assert state in SEND_STATES
-        self._run([("UPDATE {p}pec_sends SET state = ?, reply = COALESCE(?, reply), updated = ? WHERE id = ?",
-                    (state, reply, _now(), send_id))])
+        keep = _RECEIPT_STATES if state in _SMTP_OUTCOMES else ()
+        guard = "CASE WHEN state IN ({}) THEN state ELSE ? END".format(", ".join("?" * len(keep))) if keep else "?"
+        self._run([(f"UPDATE {{p}}pec_sends SET state = {guard}, reply = COALESCE(?, reply), updated = ? WHERE id = ?",
+                    (*keep, state, reply, _now(), send_id))])
 
     def accepted(self, send_id: str, identificativo: str, at: str, *, kinds: dict[str, str]) -> None:
         """The accettazione: the identificativo, when, and which recipients are certified."""
@@ -147,6 +173,62 @@ class SendStore:
                     (state, at, detail, send_id, address))])
         return True
 
+    def not_accepted(self, send_id: str, identificativo: str | None) -> bool:
+        """The avviso di non accettazione: final for the whole send (PEC.md section 4).  Returns
+        whether the state changed."""
+        rows = self._rows("SELECT state FROM {p}pec_sends WHERE id = ?", (send_id,))
+        if not rows or rows[0][0] == "not_accepted":
+            return False
+        self._run([("UPDATE {p}pec_sends SET state = 'not_accepted', identificativo = COALESCE(?, identificativo), "
+                    "updated = ? WHERE id = ?", (identificativo, _now(), send_id))])
+        return True
+
+    # ------------------------------------------------------------------ receipts
+    def seen_receipt(self, dedupe_key: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM {p}pec_receipts WHERE dedupe_key = ?", (dedupe_key,)))
+
+    def add_receipt(self, dedupe_key: str, *, send_id: str, tipo: str, at: str | None, mailbox: str, folder: str,
+                    uid: int | None, uidvalidity: int | None = None, consegna: str | None = None,
+                    detail: str | None = None) -> bool:
+        """Remember a linked receipt; False when one with the same key was linked before (the
+        same receipt fetched twice, PEC.md section 4 step 5)."""
+        text = self._sql("INSERT INTO {p}pec_receipts (dedupe_key, send_id, tipo, at, consegna, detail, mailbox, "
+                         "folder, uidvalidity, uid, linked) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                         "ON CONFLICT (dedupe_key) DO NOTHING")
+        params = (dedupe_key, send_id, tipo, at, consegna, detail, mailbox, folder, uidvalidity, uid, _now())
+        with self._lock:
+            try:
+                added = self._db.execute(text, params).rowcount == 1
+                self._db.commit()
+            except Exception:
+                self._db.rollback()
+                raise
+        return added
+
+    def receipts(self, send_id: str) -> list[dict[str, Any]]:
+        """The receipts linked to a send, in the order of their daticert time."""
+        rows = self._rows("SELECT tipo, at, consegna, detail, mailbox, folder, uidvalidity, uid FROM {p}pec_receipts "
+                          "WHERE send_id = ? ORDER BY at, linked", (send_id,))
+        names = ("tipo", "at", "consegna", "detail", "mailbox", "folder", "uidvalidity", "uid")
+        return [dict(zip(names, r)) for r in rows]
+
+    def watch_mark(self, mailbox: str, folder: str) -> tuple[int, int] | None:
+        """``(uidvalidity, last_uid)`` the watcher examined in a folder, None before its first time."""
+        rows = self._rows("SELECT uidvalidity, last_uid FROM {p}pec_watch_marks WHERE mailbox = ? AND folder = ?",
+                          (mailbox, folder))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def set_watch_mark(self, mailbox: str, folder: str, uidvalidity: int, last_uid: int) -> None:
+        self._run([("INSERT INTO {p}pec_watch_marks (mailbox, folder, uidvalidity, last_uid, updated) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, "
+                    "last_uid = excluded.last_uid, updated = excluded.updated",
+                    (mailbox, folder, uidvalidity, last_uid, _now()))])
+
+    def first_created(self, mailbox: str) -> str | None:
+        """When the mailbox's oldest recorded send was recorded (None: no send yet)."""
+        rows = self._rows("SELECT MIN(created) FROM {p}pec_sends WHERE mailbox = ?", (mailbox,))
+        return rows[0][0] if rows else None
+
     # ------------------------------------------------------------------ reads
     _COLUMNS = ("id, created, updated, person, mailbox, message_id, content_sha256, subject, size, state, reply, "
                 "identificativo, accepted_at, offices, attachments")
@@ -165,6 +247,16 @@ class SendStore:
     def find(self, mailbox: str, message_id: str) -> SendRecord | None:
         found = self._records("WHERE mailbox = ? AND message_id = ?", (mailbox, message_id))
         return found[0] if found else None
+
+    def find_normalised(self, mailbox: str, normalised: str) -> SendRecord | None:
+        """The send whose Message-ID, normalised (PEC.md section 4 step 2: no ``<>``, no
+        whitespace, lower case), is ``normalised``.  The SQL narrows, Python decides."""
+        from gateway.pec.daticert import normalise_message_id
+
+        key = normalised.replace("<", "").replace(">", "")
+        rows = self._records("WHERE mailbox = ? AND LOWER(REPLACE(REPLACE(REPLACE(message_id, ' ', ''), '<', ''), "
+                             "'>', '')) = ?", (mailbox, key))
+        return next((r for r in rows if normalise_message_id(r.message_id) == normalised), None)
 
     def by_identificativo(self, identificativo: str) -> SendRecord | None:
         found = self._records("WHERE identificativo = ?", (identificativo,))
@@ -191,22 +283,35 @@ class SendStore:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in record.__dict__.items()}
 
 
-def open_send_store(config, vault) -> SendStore:
+def open_send_store(config, vault, *, read_only: bool = False) -> SendStore:
     """The send records next to the configured audit store (same SQLite file or PostgreSQL
-    schema, its own connection)."""
+    schema, its own connection).  ``read_only`` opens a connection that cannot write and
+    creates nothing (a missing SQLite file raises the audit store's ``StoreMissing``)."""
     audit = config.audit
     if audit.store == "sqlite":
         import sqlite3
 
         def connect():
+            if read_only:
+                from gateway.audit.sqlite_store import connect_read_only
+
+                return connect_read_only(audit.sqlite_path, timeout=10)
             db = sqlite3.connect(str(audit.sqlite_path), check_same_thread=False, timeout=10)
             db.execute("PRAGMA busy_timeout = 10000")
             return db
 
-        return SendStore(connect, placeholder="?")
+        return SendStore(connect, placeholder="?", read_only=read_only)
     import psycopg
 
     from gateway.audit.setup import postgres_conninfo
 
     conninfo = postgres_conninfo(config, vault)
-    return SendStore(lambda: psycopg.connect(conninfo), placeholder="%s", schema=audit.postgresql_schema)
+
+    def connect_pg():
+        db = psycopg.connect(conninfo)
+        if read_only:
+            db.execute("SET default_transaction_read_only = on")
+            db.commit()
+        return db
+
+    return SendStore(connect_pg, placeholder="%s", schema=audit.postgresql_schema, read_only=read_only)

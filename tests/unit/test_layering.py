@@ -35,6 +35,7 @@ PURE_MODULES = [
     "gateway.pec.daticert",
     "gateway.smtp_proxy.rules",
     "gateway.smtp_proxy.message",
+    "gateway.sends.receipts",
     "gateway.login",
     "gateway.access",
     "gateway.audit.events",
