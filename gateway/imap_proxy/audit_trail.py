@@ -281,8 +281,8 @@ class AuditTrail:
             self.folder, self.view = folder, self._select_view
             read_only = examine or status.code == "READ-ONLY"
             return [Happened("examine" if read_only else "select", folder, None, {
-                "uidvalidity": self.view.uidvalidity if self.view else None,
-                "messages": len(self.view) if self.view else None})]
+                "uidvalidity": self.view.uidvalidity if self.view is not None else None,
+                "messages": len(self.view) if self.view is not None else None})]
         if running is None or not ok:
             return []
         return self._confirmed(running, status)

@@ -60,12 +60,16 @@ class ExpungePlan:
 
 class DeletedQuestion:
     """The gateway's question before a held expunge: which messages are marked \\Deleted now,
-    by UID.  ``SEARCH DELETED`` gives numbers; those whose UID the view does not know are asked
-    with ``FETCH n (UID)``.  Neither command may carry EXPUNGE replies, so the numbers hold."""
+    by UID.  First a ``NOOP`` (sent together with the search): another session's expunges still
+    pending for this connection are reported by it (and relayed: the client's EXPUNGE or CLOSE
+    is in progress), so a message a colleague already removed is neither found nor written as
+    the person's.  Then ``SEARCH DELETED`` gives numbers, and ``FETCH n (UID)`` their UIDs;
+    neither may carry EXPUNGE replies, so the numbers hold.  (A colleague's expunge in the round
+    trip between the search and the expunge can still be reported in its reply.)"""
 
     answer = "SEARCH"  # the untagged reply that answers the current step
 
-    def __init__(self, tagger, view_of, *, unnamed=lambda n: False, item: str = "",
+    def __init__(self, tagger, view_of, *, noop_tag: str, unnamed=lambda n: False, item: str = "",
                  on_fetch=lambda frame: None) -> None:
         """``view_of()``: the selected folder's view when the question is asked (a SELECT
         pipelined before the expunge is done by then).  ``unnamed(n)``: is message ``n``'s
@@ -74,6 +78,7 @@ class DeletedQuestion:
         asked who it was."""
         self._tagger, self._view_of = tagger, view_of
         self._unnamed, self._item, self._on_fetch = unnamed, item, on_fetch
+        self.prelude = [b"%s NOOP\r\n" % noop_tag.encode()]  # its reply is consumed as the gateway's
         self.tag = tagger()
         self.line = b"%s SEARCH DELETED\r\n" % self.tag.encode()
         self.seqs: list[int] = []

@@ -52,6 +52,7 @@ class IdentityLookups:
         self.prime_wanted = False
         self._mapping: str | None = None  # our FETCH 1:* (UID), mapping every number to its UID
         self.for_client: list[bytes] = []  # flag changes folded into replies to our questions
+        self._asked_at = 0  # the folder's size when its unmapped messages were last asked about
         self._receipts: list[int] = []  # UIDs just identified as receipts: their daticert is next
         self._structures: tuple[set[str], dict] | None = None  # our BODYSTRUCTURE fetches: UID -> part
         self._parts: dict[str, tuple[str, str]] = {}  # our part fetches: tag -> (section, encoding)
@@ -60,7 +61,15 @@ class IdentityLookups:
     @property
     def waiting(self) -> bool:
         """True while rows or gateway commands are pending (the client is then not read)."""
-        return bool(self.unresolved or self.outstanding or self.prime_wanted)
+        return bool(self.unresolved or self.outstanding or self.prime_wanted or self._arrivals_unasked())
+
+    def _arrivals_unasked(self) -> bool:
+        """Did the folder change size (messages arrived: ``* n EXISTS``) since its unmapped
+        messages were last asked about, with some unmapped?  They are asked before the client's
+        next command is read, so a ``UID STORE``/``UID EXPUNGE`` of a new message finds it mapped
+        and named — the client may know its UID already (a UID SEARCH), the gateway must too."""
+        view = self.trail.view
+        return view is not None and len(view) != self._asked_at and bool(view.unknown())
 
     # ------------------------------------------------------------------ rows
     def _key(self, folder: str | None, ref: MessageRef) -> tuple:
@@ -138,6 +147,10 @@ class IdentityLookups:
             if view is not None and len(view):
                 self._mapping = self._tag("s")
                 return [f"{self._mapping} FETCH 1:* (UID)\r\n".encode()], []
+        arrivals: list[int] = []
+        if view is not None and len(view) != self._asked_at:
+            self._asked_at = len(view)
+            arrivals = view.unknown()
         named = [self.named(h) for h in self.unresolved]
         ready = [h for h in named if h.message and h.message.message_id]
         if ready:
@@ -146,10 +159,10 @@ class IdentityLookups:
         if stale:
             self.unresolved = [h for h in self.unresolved if self._can_look_up(h)]
             ready += stale
-        if not self.unresolved:
+        if not self.unresolved and not arrivals:
             return [], ready
         uids = {h.message.uid for h in self.unresolved if h.message and h.message.uid is not None}
-        seqs = {h.seq for h in self.unresolved if h.message and h.message.uid is None and h.seq}
+        seqs = {h.seq for h in self.unresolved if h.message and h.message.uid is None and h.seq} | set(arrivals)
         if view is not None:
             seqs |= set(view.seqs_of(uids))
         if view is None or not seqs:
@@ -273,6 +286,8 @@ class IdentityLookups:
         view = self.trail.view
         if tag == self._mapping:
             self._mapping = None
+            if view is not None:
+                self._asked_at = len(view)  # mapped: the rest is known, or gone
             if view is not None and ok:
                 missing = [u for u in view.uids() if self.cache.get(
                     self._key(self.trail.folder, MessageRef(view.uidvalidity, u))) is None]

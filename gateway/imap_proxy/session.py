@@ -101,6 +101,7 @@ class ImapSession(PreauthVerbs):
         self.audit_accepting = audit_accepting  # False while the audit store cannot take rows
         self._held: _Held | None = None  # a RENAME or an expunge waiting for the gateway's own question
         self._own_count = 0  # numbers the gateway's own expunge commands
+        self._noops = 0  # numbers the NOOPs that precede them
         self.client_ip = client_ip
         self.tls_active = tls_active
         self.starttls_available = starttls_available
@@ -371,8 +372,10 @@ class ImapSession(PreauthVerbs):
         question: object | None = None
         if expunge and self._uidplus and self._ids is not None and self._trail is not None:
             ids, trail = self._ids, self._trail
+            self._noops += 1
             question = DeletedQuestion(lambda: self._own_tag("x"), lambda: trail.view, unnamed=ids.unnamed,
-                                       item=IDENTITY_ITEM, on_fetch=ids.absorb)
+                                       item=IDENTITY_ITEM, on_fetch=ids.absorb,
+                                       noop_tag=f"{GATEWAY_TAG_PREFIX}n{self._noops}")
         elif verdict.hold is not None:
             question = _SubfolderQuestion(verdict.hold, self._guard)
         if question is not None:
@@ -565,7 +568,7 @@ class ImapSession(PreauthVerbs):
             if self._ids is not None and tag in self._ids.outstanding:
                 lines, rows = self._ids.tagged(tag, frame)
                 out = [self._row(h) for h in rows] + self._send_own(lines)
-                return out + (self._pump_client() if not self._ids.waiting else [])
+                return out + self._pump_client()  # which sends the next question if one is due
             return out  # the gateway's own commands: consumed here
         if self._pacer is not None:
             out += [act.SendToUpstream(c) for c in self._pacer.completed(tag)]
@@ -600,7 +603,7 @@ class ImapSession(PreauthVerbs):
         if held.listing or self.inflight.oldest_relayed() is not held.entry:
             return []
         held.listing = True
-        return self._send_own([held.question.line])
+        return self._send_own([*getattr(held.question, "prelude", []), held.question.line])
 
     def _decide_held(self) -> list:
         """The gateway's question for a held command is answered: relay the command (an expunge

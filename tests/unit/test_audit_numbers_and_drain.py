@@ -107,11 +107,13 @@ def _qresync_folder_with_a_vanished_newcomer():
     s.client_data(b"e1 ENABLE QRESYNC\r\n")
     s.upstream_data(b"* ENABLED QRESYNC\r\ne1 OK Enabled\r\n")
     s.client_data(b"n1 NOOP\r\n")
-    s.upstream_data(b"* 6 EXISTS\r\nn1 OK done\r\n")
+    out = s.upstream_data(b"* 6 EXISTS\r\nn1 OK done\r\n")
+    (ask,) = own_tags(out, b"i")  # the newcomers are asked about at once; 40 goes unnamed
+    s.upstream_data(identity(5, 41, b"Message-ID: <m41@x>\r\n\r\n")
+                    + identity(6, 42, b"Message-ID: <m42@x>\r\n\r\n") + ask + b" OK done\r\n")
     s.client_data(b"f1 FETCH 5:6 (UID FLAGS)\r\n")
     out = s.upstream_data(b"* 5 FETCH (UID 41 FLAGS ())\r\n* 6 FETCH (UID 42 FLAGS ())\r\nf1 OK done\r\n")
-    answer_lookups(s, out, identity(5, 41, b"Message-ID: <m41@x>\r\n\r\n")
-                   + identity(6, 42, b"Message-ID: <m42@x>\r\n\r\n"))
+    answer_lookups(s, out)
     s.client_data(b"n2 NOOP\r\n")
     out = s.upstream_data(b"* VANISHED 40\r\nn2 OK done\r\n")
     # where 40 was is not known: the gateway forgets the numbers after it and maps the folder again
@@ -267,15 +269,15 @@ def test_flags_merged_into_the_reply_to_an_identity_lookup_reach_the_client():
     item as the gateway's own, whole, so the flag change in it never reaches the client."""
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 4 EXISTS\r\n")
-    s.client_data(b"f1 FETCH 4 (FLAGS)\r\n")
-    out = s.upstream_data(b"* 4 FETCH (FLAGS ())\r\nf1 OK done\r\n")
+    out = s.client_data(b"f1 FETCH 4 (FLAGS)\r\n")  # the newcomer is asked about before f1 goes
     (tag,) = own_tags(out, b"i")
     headers = b"Message-ID: <m40@x>\r\n\r\n"
     merged = b"* 4 FETCH (FLAGS (\\Deleted) UID 40 %s {%d}\r\n%s)\r\n" % (
         IDENTITY_ITEM.replace("BODY.PEEK", "BODY").replace(".16384>", ">").encode(), len(headers), headers)
     out = s.upstream_data(merged + tag + b" OK done\r\n")
-    assert [(r[0], r[2]) for r in rows(out)] == [("fetch", 40)]
     assert b"\\Deleted" in sent(out), "the colleague's \\Deleted never reaches the client"
+    out = s.upstream_data(b"* 4 FETCH (FLAGS (\\Deleted))\r\nf1 OK done\r\n")
+    assert [(r[0], r[2], r[4]) for r in _rows_with_ids(out)] == [("fetch", 40, "<m40@x>")]
 
 
 def test_an_unreadable_uid_fetch_reply_of_a_new_message_still_gets_a_row():
@@ -291,8 +293,16 @@ def test_an_unreadable_uid_fetch_reply_of_a_new_message_still_gets_a_row():
         structure = b'(%s "mixed" ("boundary" "b%d") NIL NIL NIL)' % (structure, i)
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 4 EXISTS\r\n")
-    s.client_data(b"f1 UID FETCH 40 (BODYSTRUCTURE BODY.PEEK[])\r\n")
+    out = s.client_data(b"f1 UID FETCH 40 (BODYSTRUCTURE BODY.PEEK[])\r\n")
+    (tag,) = own_tags(out, b"i")
+    s.upstream_data(tag + b" OK done\r\n")  # asked about the newcomer first; the provider names nothing
     out = s.upstream_data(b"* 4 FETCH (UID 40 BODYSTRUCTURE %s BODY[] {5}\r\nhello)\r\nf1 OK done\r\n" % structure)
     out += answer_lookups(s, out)
     assert sent(out).startswith(b"* 4 FETCH (UID 40 BODYSTRUCTURE")
     assert [(r[0], r[3].get("content")) for r in rows(out)] == [("fetch", "unknown")]
+
+
+def _rows_with_ids(out) -> list[tuple]:
+    from tests.unit.transcript import audits
+    return [(e.action, e.folder, e.message.uid if e.message else None, e.detail,
+             e.message.message_id if e.message else None) for e in audits(out)]

@@ -44,12 +44,12 @@ def test_a_nil_answer_to_the_gateways_identity_fetch_is_not_shown_to_the_client(
     ``OK [EXPUNGEISSUED]`` when another session expunged the message meanwhile."""
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 4 EXISTS\r\n")
-    s.client_data(b"f1 FETCH 4 (FLAGS)\r\n")
-    out = s.upstream_data(b"* 4 FETCH (FLAGS ())\r\nf1 OK done\r\n")
+    out = s.client_data(b"f1 FETCH 4 (FLAGS)\r\n")  # the new message is asked about first
     (tag,) = own_tags(out, b"i")
     item = re.search(rb"BODY\.PEEK(\[HEADER\.FIELDS \([^)]*\)\])", sent(out, act.SendToUpstream)).group(1)
     out = s.upstream_data(b"* 4 FETCH (UID 40 BODY%s<0> NIL)\r\n%s OK [EXPUNGEISSUED] done\r\n" % (item, tag))
-    assert sent(out) == b"" and not s.reading_paused
+    assert sent(out) == b""  # not shown; the client's FETCH goes now
+    assert sent(out, act.SendToUpstream) == b"f1 FETCH 4 (FLAGS)\r\n"
 
 
 def sparse_folder(count: int):
@@ -109,7 +109,7 @@ def test_close_pipelined_after_select_names_the_messages_it_removes():
     s = logged_in(upstream_caps=CAPS)
     out = s.client_data(b"s1 SELECT Lavoro\r\nc1 CLOSE\r\n")
     out = s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] x\r\ns1 OK [READ-WRITE] done\r\n")
-    assert upstream_lines(out) == [b"PECGW.x1 SEARCH DELETED\r\n"]
+    assert upstream_lines(out) == [b"PECGW.n1 NOOP\r\n", b"PECGW.x1 SEARCH DELETED\r\n"]
     out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK done\r\n")
     assert upstream_lines(out) == [b"PECGW.x2 FETCH 3 (UID %s)\r\n" % IDENTITY_ITEM.encode()]
     out = s.upstream_data(identity(3, 39, b"Message-ID: <m39@x>\r\n\r\n") + b"PECGW.x2 OK done\r\n")
@@ -123,11 +123,12 @@ def test_close_pipelined_after_select_names_the_messages_it_removes():
 def test_a_silent_store_on_a_new_message_gets_a_row_that_names_it():
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 4 EXISTS\r\n")  # UID not known yet
-    s.client_data(b"t1 STORE 4 +FLAGS.SILENT (\\Flagged)\r\n")
-    out = s.upstream_data(b"t1 OK done\r\n")
-    (tag,) = own_tags(out, b"i")
+    out = s.client_data(b"t1 UID STORE 40 +FLAGS.SILENT (\\Flagged)\r\n")  # the client knows it already
+    (tag,) = own_tags(out, b"i")  # the gateway asks before reading the STORE
     assert upstream_lines(out) == [tag + b" FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()]
     out = s.upstream_data(identity(4, 40, b"Message-ID: <m40@x>\r\n\r\n") + tag + b" OK done\r\n")
+    assert upstream_lines(out) == [b"t1 UID STORE 40 +FLAGS.SILENT (\\Flagged)\r\n"]
+    out = s.upstream_data(b"t1 OK done\r\n")
     (row,) = audits(out)
     assert (row.action, row.message.uid, row.message.message_id) == ("flags", 40, "<m40@x>")
 
@@ -207,3 +208,19 @@ def test_a_held_expunge_is_dropped_unsent_when_the_client_leaves():
     assert any(isinstance(a, act.Close) for a in out)
     out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK done\r\n")
     assert sent(out, act.SendToUpstream) == b""  # the EXPUNGE never goes up
+
+
+def test_a_message_arriving_while_the_gateway_asks_is_asked_about_next_not_a_hang():
+    """A colleague's message arrives (``* 4 EXISTS``) while the gateway's identity lookup runs:
+    when the lookup ends, the newcomer is the next question — the client must not be left
+    unread with a question due and none sent."""
+    s = logged_in(upstream_caps=CAPS)
+    s.client_data(b"s1 SELECT Lavoro\r\n")
+    s.upstream_data(b"* 3 EXISTS\r\n* OK [UIDVALIDITY 1700] x\r\ns1 OK [READ-WRITE] done\r\n")
+    out = s.upstream_data(mapped(31, 35, 39) + b"PECGW.s1 OK done\r\n")
+    (lookup,) = own_tags(out, b"i")
+    out = s.upstream_data(b"* 4 EXISTS\r\n" + lookup + b" OK done\r\n")
+    (arrival,) = own_tags(out, b"i")
+    assert upstream_lines(out) == [arrival + b" FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()]
+    s.upstream_data(identity(4, 40, b"Message-ID: <m40@x>\r\n\r\n") + arrival + b" OK done\r\n")
+    assert not s.reading_paused

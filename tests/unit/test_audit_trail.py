@@ -73,19 +73,20 @@ def test_rows_name_the_messages_the_gateway_looked_up_after_select():
     assert (second.message.uid, second.message.pec_kind, second.message.pec_id) == (35, "avvenuta-consegna", None)
 
 
-def test_a_message_arriving_later_is_looked_up_when_touched():
+def test_a_message_arriving_later_is_named_before_the_clients_next_command():
     s = selected_lavoro(identity(1, 31, BUSTA))
     s.upstream_data(b"* 4 EXISTS\r\n")  # a new PEC arrives: its UID is not known
-    s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\n")
-    out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n")
-    assert rows(out) == []  # the row waits for the message's identity ...
+    out = s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\n")
+    # asked first (by number), so whatever the client does with it is named; f1 waits unread
     assert sent(out, act.SendToUpstream) == b"PECGW.i3 FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()
     out = s.upstream_data(identity(4, 40, RICEVUTA) + b"PECGW.i3 OK done\r\n")
-    assert sent(out) == b""  # ... which the client never sees
-    # a receipt: where is its daticert.xml? (none here: the row is written as it is)
+    assert sent(out) == b""  # the client never sees the gateway's questions
+    # a receipt: where is its daticert.xml? (none here)
     assert sent(out, act.SendToUpstream) == b"PECGW.b4 FETCH 4 (UID BODYSTRUCTURE)\r\n"
     out = s.upstream_data(b"PECGW.b4 OK done\r\n")
-    (event,) = audits(out)
+    assert sent(out, act.SendToUpstream) == b"f1 FETCH 4 BODY.PEEK[]\r\n"
+    out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n")
+    (event,) = audits(out)  # named at once
     assert (event.action, event.message.uid, event.message.message_id, event.detail) == (
         "fetch", 40, "<r1@pec.example.it>", {"content": "body", "items": ["BODY[]"]})
 

@@ -51,6 +51,7 @@ def test_idle_ended_by_the_provider_with_pending_rows_does_not_hang():
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 4 EXISTS\r\n")
     s.client_data(b"f1 FETCH 4 (FLAGS)\r\ni1 IDLE\r\n")
+    s.upstream_data(b"PECGW.i4 OK done\r\n")  # asked about the newcomer, the provider names nothing
     s.upstream_data(b"* 4 FETCH (FLAGS ())\r\nf1 OK done\r\n+ idling\r\n")
     out = s.upstream_data(b"i1 OK IDLE terminated (server timeout)\r\n")
     assert sent(out, act.SendToUpstream) or not s.reading_paused
@@ -109,15 +110,17 @@ def test_pipelined_copy_after_select_names_the_new_folder():
 def test_a_waiting_row_follows_an_expunge_and_stays_in_its_folder():
     s = selected_lavoro(prime3())
     s.upstream_data(b"* 5 EXISTS\r\n")  # two new messages, UIDs unknown
-    s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\nx1 EXPUNGE\r\n")
+    out = s.client_data(b"f1 FETCH 4 BODY.PEEK[]\r\nx1 EXPUNGE\r\n")
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i4 FETCH 4:5 (UID ")  # newcomers asked first
+    s.upstream_data(b"PECGW.i4 OK done\r\n")  # the provider names neither: they stay unknown
     out = s.upstream_data(b"* 4 FETCH (BODY[] {5}\r\nhello)\r\nf1 OK done\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n"  # the expunge asks first
+    assert sent(out, act.SendToUpstream) == b"PECGW.n1 NOOP\r\nPECGW.x1 SEARCH DELETED\r\n"  # the expunge asks first
     s.upstream_data(b"* SEARCH 1\r\nPECGW.x1 OK done\r\n")
     out = s.upstream_data(b"* 1 FETCH (UID 31)\r\nPECGW.x2 OK done\r\n")
     assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 31\r\n"
     out = s.upstream_data(b"* 1 EXPUNGE\r\nx1 OK done\r\n")
     # the fetched message was number 4; after the expunge it is number 3
-    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i4 FETCH 3 ")
-    out = s.upstream_data(identity(3, 41, b"Message-ID: <m41@x>\r\n\r\n") + b"PECGW.i4 OK done\r\n")
+    assert sent(out, act.SendToUpstream).startswith(b"PECGW.i5 FETCH 3:4 ")  # the row's message, and the other newcomer
+    out = s.upstream_data(identity(3, 41, b"Message-ID: <m41@x>\r\n\r\n") + b"PECGW.i5 OK done\r\n")
     (event,) = [e for e in audits(out) if e.action == "fetch"]
     assert (event.message.uid, event.message.message_id) == (41, "<m41@x>")

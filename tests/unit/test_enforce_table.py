@@ -153,7 +153,7 @@ def test_command_table(select, command, expected):
     if upstream.startswith(b"PECGW.r1 LIST"):  # RENAME: its subfolders are listed first (none here)
         out = s.upstream_data(b"PECGW.r1 OK List completed\r\n")
         upstream = sent(out, act.SendToUpstream)
-    if upstream.startswith(b"PECGW.x1 SEARCH DELETED"):  # an expunge asks what is marked first
+    if upstream.startswith(b"PECGW.n1 NOOP\r\nPECGW.x1 SEARCH DELETED"):  # an expunge asks what is marked first
         out = s.upstream_data(b"* SEARCH 4 5\r\nPECGW.x1 OK Search completed\r\n")
         assert sent(out, act.SendToUpstream).startswith(b"PECGW.x2 FETCH 4:5 (UID ")  # and which UIDs
         out = s.upstream_data(b"* 4 FETCH (UID 14)\r\n* 5 FETCH (UID 15)\r\nPECGW.x2 OK Fetch completed\r\n")

@@ -21,7 +21,7 @@ BARE = [c for c in CAPS if c not in ("UIDPLUS", "UNSELECT")]
 def test_another_sessions_expunge_in_the_persons_reply_is_not_theirs():
     s = selected_lavoro(prime3())
     out = s.client_data(b"x1 EXPUNGE\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n" and s.reading_paused
+    assert sent(out, act.SendToUpstream) == b"PECGW.n1 NOOP\r\nPECGW.x1 SEARCH DELETED\r\n" and s.reading_paused
     out = s.upstream_data(b"* SEARCH 3\r\nPECGW.x1 OK Search completed\r\n")  # by number
     assert sent(out, act.SendToUpstream) == b"PECGW.x2 FETCH 3 (UID)\r\n"  # which UID, never assumed
     out = s.upstream_data(b"* 3 FETCH (UID 39)\r\nPECGW.x2 OK done\r\n")
@@ -63,7 +63,7 @@ def test_uid_expunge_rows_only_for_its_own_set():
 def test_close_is_expunged_by_the_gateway_and_every_message_gets_its_row():
     s = selected_lavoro(prime3())
     out = s.client_data(b"c1 CLOSE\r\n")
-    assert sent(out, act.SendToUpstream) == b"PECGW.x1 SEARCH DELETED\r\n"
+    assert sent(out, act.SendToUpstream) == b"PECGW.n1 NOOP\r\nPECGW.x1 SEARCH DELETED\r\n"
     s.upstream_data(b"* SEARCH 2 3\r\nPECGW.x1 OK Search completed\r\n")
     out = s.upstream_data(b"* 2 FETCH (UID 35)\r\n* 3 FETCH (UID 39)\r\nPECGW.x2 OK done\r\n")
     assert sent(out, act.SendToUpstream) == b"PECGW.e3 UID EXPUNGE 35,39\r\nc1 UNSELECT\r\n"
