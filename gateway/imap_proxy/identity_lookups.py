@@ -52,7 +52,7 @@ class IdentityLookups:
         self.prime_wanted = False
         self._mapping: str | None = None  # our FETCH 1:* (UID), mapping every number to its UID
         self.for_client: list[bytes] = []  # flag changes folded into replies to our questions
-        self._asked_at = 0  # the folder's size when its unmapped messages were last asked about
+        self._asked_at: tuple = ()  # (view, its arrivals count) when unmapped messages were last asked about
         self._receipts: list[int] = []  # UIDs just identified as receipts: their daticert is next
         self._structures: tuple[set[str], dict] | None = None  # our BODYSTRUCTURE fetches: UID -> part
         self._parts: dict[str, tuple[str, str]] = {}  # our part fetches: tag -> (section, encoding)
@@ -69,7 +69,7 @@ class IdentityLookups:
         next command is read, so a ``UID STORE``/``UID EXPUNGE`` of a new message finds it mapped
         and named — the client may know its UID already (a UID SEARCH), the gateway must too."""
         view = self.trail.view
-        return view is not None and len(view) != self._asked_at and bool(view.unknown())
+        return view is not None and self._asked_at != (id(view), view.arrivals) and bool(view.unknown())
 
     # ------------------------------------------------------------------ rows
     def _key(self, folder: str | None, ref: MessageRef) -> tuple:
@@ -148,8 +148,8 @@ class IdentityLookups:
                 self._mapping = self._tag("s")
                 return [f"{self._mapping} FETCH 1:* (UID)\r\n".encode()], []
         arrivals: list[int] = []
-        if view is not None and len(view) != self._asked_at:
-            self._asked_at = len(view)
+        if view is not None and self._asked_at != (id(view), view.arrivals):
+            self._asked_at = (id(view), view.arrivals)
             arrivals = view.unknown()
         named = [self.named(h) for h in self.unresolved]
         ready = [h for h in named if h.message and h.message.message_id]
@@ -287,7 +287,7 @@ class IdentityLookups:
         if tag == self._mapping:
             self._mapping = None
             if view is not None:
-                self._asked_at = len(view)  # mapped: the rest is known, or gone
+                self._asked_at = (id(view), view.arrivals)  # mapped: the rest is known, or gone
             if view is not None and ok:
                 missing = [u for u in view.uids() if self.cache.get(
                     self._key(self.trail.folder, MessageRef(view.uidvalidity, u))) is None]

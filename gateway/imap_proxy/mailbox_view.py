@@ -28,6 +28,7 @@ class MailboxView:
         self.uidvalidity = uidvalidity
         self._uids: list[int | None] = [None] * exists
         self.forgot = False  # mappings were dropped (see vanished): the gateway should map again
+        self.arrivals = 0  # counts EXISTS growths: new messages the gateway may not have mapped
 
     def __len__(self) -> int:
         return len(self._uids)
@@ -36,6 +37,7 @@ class MailboxView:
         """``* n EXISTS``: the folder now has ``count`` messages (new ones at the end)."""
         if count > len(self._uids):
             self._uids.extend([None] * (count - len(self._uids)))
+            self.arrivals += 1
         elif count < len(self._uids):  # only after expunges the view missed: keep the first ones
             del self._uids[count:]
 

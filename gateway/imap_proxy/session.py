@@ -400,6 +400,14 @@ class ImapSession(PreauthVerbs):
         chunks = self._pacer.submit(cmd.tag, frame, idle=cmd.name == "IDLE")
         return out + [act.SendToUpstream(chunk) for chunk in chunks]
 
+    def _closing(self) -> bool:
+        """Is a CLOSE under way — held for the gateway's question, or its expunge running?
+        RFC 3501 §6.4.2: CLOSE sends no EXPUNGE replies, so none reach the client then."""
+        held = self._held
+        if held is not None and held.listing and held.command.name == "CLOSE":
+            return True
+        return self._trail is not None and self._trail.closing
+
     def _own_tag(self, kind: str) -> str:
         self._own_count += 1
         return f"{GATEWAY_TAG_PREFIX}{kind}{self._own_count}"
@@ -539,8 +547,8 @@ class ImapSession(PreauthVerbs):
             if view is not None and view.forgot and self._ids is not None:
                 view.forgot = False
                 self._ids.prime_wanted = True  # map the folder again at the next quiet moment
-            if head.name in ("EXPUNGE", "VANISHED") and self._trail is not None and self._trail.closing:
-                return audit  # the gateway's expunge for a CLOSE: the closing client expects none
+            if head.name in ("EXPUNGE", "VANISHED") and self._closing():
+                return audit  # the gateway's questions and expunge for a CLOSE: the closing client expects none
             if self._guard is not None and (head.name != "FETCH" or self._guard.renaming):
                 kept = self._guard.filter_untagged(head.name, frame)
                 if kept is None:

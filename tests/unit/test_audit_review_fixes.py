@@ -224,3 +224,16 @@ def test_a_message_arriving_while_the_gateway_asks_is_asked_about_next_not_a_han
     assert upstream_lines(out) == [arrival + b" FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()]
     s.upstream_data(identity(4, 40, b"Message-ID: <m40@x>\r\n\r\n") + arrival + b" OK done\r\n")
     assert not s.reading_paused
+
+
+def test_a_newcomer_is_asked_about_even_when_the_folder_is_back_to_a_size_seen_before():
+    """Found by the randomised test: a message expunged, another arriving, the folder has the
+    size it had when the gateway last asked — the newcomer must still be asked about."""
+    s = selected_lavoro(prime3())
+    s.upstream_data(b"* 4 EXISTS\r\n")
+    out = s.client_data(b"n1 NOOP\r\n")
+    (ask,) = own_tags(out, b"i")
+    s.upstream_data(identity(4, 40, b"Message-ID: <m40@x>\r\n\r\n") + ask + b" OK done\r\n")
+    out = s.upstream_data(b"* 4 EXPUNGE\r\n* 4 EXISTS\r\nn1 OK done\r\n")  # 40 gone, 41 arrived: 4 again
+    (ask,) = own_tags(out, b"i")  # asked at once, before the client is read again
+    assert upstream_lines(out) == [ask + b" FETCH 4 (UID %s)\r\n" % IDENTITY_ITEM.encode()]
