@@ -336,3 +336,13 @@ def test_a_message_id_reused_for_a_different_pec_is_refused(gw):
         550, b"5.6.0 Message-ID <same@x> was already used for a different PEC from this mailbox; send this one "
              b"with a new Message-ID")
     assert len(gw.provider.received) == 1
+
+
+def test_a_connection_ends_after_too_many_failed_logins(gw):
+    ctx = ssl.create_default_context(cafile=str(gw.pki.ca_cert))
+    with smtplib.SMTP_SSL("localhost", gw.smtp_ports["implicit"], context=ctx, timeout=10) as c:
+        c.ehlo()
+        replies = [c.docmd("AUTH", "PLAIN AGFsaWNlAHdyb25nLXBhc3N3b3JkMTIzNDU2")[0] for _ in range(3)]
+        assert replies == [535, 535, 421]  # [imap] max_login_failures, 3 by default
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            c.docmd("NOOP")

@@ -110,6 +110,11 @@ class SubmissionHandler:
             action = Action.UPSTREAM_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else Action.LOGIN_FAILED
             self._audit(session, action, Decision.DENY, reason=result.reason, person=result.person or login,
                         detail={"mechanism": mechanism})
+            session.pec_failures = getattr(session, "pec_failures", 0) + 1
+            if session.pec_failures >= self.services.config.imap.limits.max_login_failures:
+                # as for IMAP: a few tries per connection, then it ends (each try waited already)
+                server.loop.call_soon(server.transport.close)
+                return "421 4.7.0 Too many failed logins; closing the connection"
             return AUTH_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else AUTH_INVALID
         sender = Sender(_session_id(session), _peer_ip(session) or "", result,
                         self.services.config.mailboxes[result.mailbox])
