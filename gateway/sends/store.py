@@ -143,6 +143,19 @@ class SendStore:
         self._run(statements)
         return send_id
 
+    def claim(self, send_id: str, expected: str) -> bool:
+        """Take a send for another attempt, only if it is still in state ``expected``: of two
+        retries at the same moment, exactly one gets it (the other must not send a second PEC)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(self._sql("UPDATE {p}pec_sends SET state = 'recorded', updated = ? "
+                                                 "WHERE id = ? AND state = ?"), (_now(), send_id, expected))
+                self._db.commit()
+            except Exception:
+                self._db.rollback()
+                raise
+            return cur.rowcount == 1
+
     def set_state(self, send_id: str, state: str, *, reply: str | None = None) -> None:
         """The send's state; an SMTP outcome (relayed, refused, unknown) leaves a state a receipt
         gave (accepted, not_accepted) as it is: the receipt may be linked before the provider's

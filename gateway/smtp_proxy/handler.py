@@ -207,8 +207,10 @@ class SubmissionHandler:
             if answer is not None:
                 await sender.provider.rset()
                 return answer
-            send_id = previous.id  # refused before, or unknown for too long: it goes again
-            await asyncio.to_thread(sends.set_state, send_id, "recorded")
+            send_id = previous.id  # refused before, or unknown for too long: it goes again, once
+            if not await asyncio.to_thread(sends.claim, send_id, previous.state):
+                await sender.provider.rset()
+                return "451 4.4.3 This PEC is being sent by another connection right now; try again later"
         else:
             try:
                 send_id = await asyncio.to_thread(
@@ -240,11 +242,21 @@ class SubmissionHandler:
             log.error("session %s: %s", sender.session_id, exc.log)
             return reply
         reply = f"{code} {text}"
-        await asyncio.to_thread(self.services.sends.set_state, send_id, "relayed" if code == 250 else "refused",
-                                reply=reply)
+        try:  # the provider has answered: that answer is the client's, whatever the record does
+            await asyncio.to_thread(self.services.sends.set_state, send_id, "relayed" if code == 250 else "refused",
+                                    reply=reply)
+        except Exception as exc:  # noqa: BLE001 - a retry then finds it 'recorded' and asks the mailbox
+            log.error("session %s: send %s relayed (%d) but its record could not be updated: %s",
+                      sender.session_id, send_id, code, type(exc).__name__)
         self._audit(session, Action.SEND_RESULT, Decision.ALLOW if code == 250 else Decision.DENY, sender=sender,
                     message=ref, detail={"reply": reply, "send_id": send_id})
         return reply
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A hook failed (a store, the vault): a temporary error for the client, never the
+        exception's text (aiosmtpd's default would send it, with a permanent 500)."""
+        log.error("SMTP session: internal error: %s", type(error).__name__, exc_info=error)
+        return "451 4.3.0 Temporary error in the gateway; try again later"
 
     async def _previous_attempt(self, session, sender: Sender, previous, digest: str, ref: MessageRef) -> str | None:
         """The same Message-ID was submitted from this mailbox before: the answer that avoids a

@@ -15,6 +15,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ class Summary:
     message_ids: int  # how many Message-ID headers (more than one is refused)
     subject: str | None
     attachments: tuple[Attachment, ...] = ()
+    #: addr-specs as the parser read them from the top-level headers (never re-parsed from text)
+    from_addresses: tuple[str, ...] = ()
+    recipient_addresses: tuple[str, ...] = ()  # To and Cc
+    bcc_addresses: tuple[str, ...] = ()
+    #: why the headers cannot be read unambiguously (duplicates, defects): the rules refuse then,
+    #: since a provider or a reader could take a different sender or recipients from them
+    header_problems: tuple[str, ...] = ()
 
 
 def _values(msg, name: str) -> list[str]:
@@ -59,7 +67,52 @@ def summarise(message: bytes) -> Summary:
         size=len(message), from_=_values(msg, "From"), to=_values(msg, "To"), cc=_values(msg, "Cc"),
         bcc=_values(msg, "Bcc"), message_id=ids[0].strip() if ids else None, message_ids=len(ids),
         subject=" ".join(str(subject).split()) if subject is not None else None,
-        attachments=tuple(_attachments(msg)))
+        attachments=tuple(_attachments(msg)),
+        from_addresses=_addresses(msg, "From"), recipient_addresses=_addresses(msg, "To") + _addresses(msg, "Cc"),
+        bcc_addresses=_addresses(msg, "Bcc"), header_problems=tuple(_raw_problems(message) + _problems(msg)))
+
+
+#: RFC 5322 section 4.5.3's obsolete ``name WSP ":"``: other parsers read ``From : x`` as a From,
+#: Python's takes a line starting ``From `` for a mailbox separator and drops it.
+_SPACE_BEFORE_COLON = re.compile(rb"^[!-9;-~]+[ \t]+:")
+
+
+def _raw_problems(message: bytes) -> list[str]:
+    """What only the raw header block shows: a field name followed by spaces before its colon."""
+    end = message.find(b"\r\n\r\n")
+    head = message[:end if end >= 0 else len(message)]
+    for line in head.split(b"\n"):
+        if line[:1] not in (b" ", b"\t") and _SPACE_BEFORE_COLON.match(line):
+            return [f"a header field with space before its colon ({line.split(b':', 1)[0].decode('latin-1')!r})"]
+    return []
+
+
+#: Headers a message has at most once (RFC 5322 section 3.6).
+_ONCE = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Subject")  # Message-ID: its own rule
+
+
+def _addresses(msg, name: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for header in msg.get_all(name, []):
+        out += [a.addr_spec for a in getattr(header, "addresses", ())]
+    return tuple(out)
+
+
+def _problems(msg) -> list[str]:
+    """Everything that makes the sender or the recipients ambiguous."""
+    problems = []
+    if msg.get_unixfrom() is not None or msg.defects:
+        problems.append("a header line the parser could not place (e.g. 'From ' without a colon)")
+    for name in _ONCE:
+        headers = msg.get_all(name, [])
+        if len(headers) > 1:
+            problems.append(f"{len(headers)} {name}: headers")
+        for header in headers if name in ("From", "Sender", "Reply-To", "To", "Cc", "Bcc") else ():
+            if getattr(header, "defects", None):
+                problems.append(f"a malformed {name}: header")
+            elif any(not a.domain for a in getattr(header, "addresses", ())):
+                problems.append(f"an address without a domain in {name}:")
+    return problems
 
 
 def _attachments(msg) -> list[Attachment]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 from gateway.smtp_proxy.message import Summary
 
@@ -105,17 +104,21 @@ def check_recipient(address: str, accepted: int, limits: SendLimits,
 def check_message(summary: Summary, recipients: list[str], mailbox_address: str,
                   limits: SendLimits) -> Refusal | None:
     """At the end of DATA: the header rules and the size, given the envelope recipients."""
+    if summary.header_problems:
+        return Refusal(550, "5.6.0", f"The message's headers cannot be read unambiguously ({summary.header_problems[0]});"
+                                     " the provider or a reader could take another sender or recipients from them",
+                       "malformed_headers")
     own = normalise(mailbox_address)
-    senders = [normalise(a) for _, a in getaddresses(summary.from_) if a]
+    senders = [normalise(a) for a in summary.from_addresses if a]
     if senders != [own]:
         shown = ", ".join(senders) or "none"
         return Refusal(550, "5.7.1", f"From: must be the PEC address {own} (it is {shown})", "header_from")
     if summary.message_ids > 1:
         return Refusal(550, "5.6.0", "The message has more than one Message-ID", "message_id")
-    if any(a for _, a in getaddresses(summary.bcc)):
+    if summary.bcc_addresses:
         return Refusal(550, "5.7.1", "PEC has no Bcc: the provider would refuse the message. Send a separate "
                                      "PEC to each Bcc recipient instead", "bcc")
-    headed = {normalise(a) for _, a in getaddresses(summary.to + summary.cc) if a}
+    headed = {normalise(a) for a in summary.recipient_addresses if a}
     envelope = {normalise(r) for r in recipients}
     hidden = sorted(envelope - headed)
     if hidden:

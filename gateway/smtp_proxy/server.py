@@ -41,14 +41,25 @@ class _SubmissionSMTP(SMTP):
         super().connection_made(transport)
         self._live.add(self)
 
+    def eof_received(self):
+        """The client closed its side (or vanished without QUIT): the provider connection goes
+        now, not after the idle timeout (a provider caps the sessions a mailbox may hold)."""
+        result = super().eof_received()
+        if self.session is not None:
+            self._spawn_closed(self.session)
+        return result
+
+    def _spawn_closed(self, session) -> None:
+        task = self.loop.create_task(self.event_handler.closed(session))
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
     def connection_lost(self, error) -> None:
         session = self.session
         super().connection_lost(error)
         self._live.discard(self)
         if session is not None:  # a send still being relayed finishes first (see the handler)
-            task = self.loop.create_task(self.event_handler.closed(session))
-            self._endings.add(task)
-            task.add_done_callback(self._endings.discard)
+            self._spawn_closed(session)
 
 
 class SmtpFront:

@@ -118,3 +118,24 @@ def test_a_message_id_is_added_only_when_missing():
     assert (again, mid2, added2) == (out, mid, False)
     _, other, _ = with_message_id(plain, summarise(plain), "pec.example.it")
     assert other != mid  # unique
+
+
+@pytest.mark.parametrize("headers,problem", [
+    ((f"From: {PEC} <direttore@tribunale.example.it>",), "a malformed From: header"),
+    (("From : direttore@tribunale.example.it",), "a header field with space before its colon ('From ')"),
+    (("To: ufficio@pec.tribunale.example.it",), "2 To: headers"),
+    (("Cc: =?utf-8?b?bmFzY29zdG9AcGVjLmV4YW1wbGUuaXQ=?=",), "2 Cc: headers"),
+])
+def test_headers_read_ambiguously_are_refused(headers, problem):
+    """A provider or a reader could take another sender or recipients from these than the
+    gateway's parser does: refused rather than guessed."""
+    base = [h for h in BASE if not (headers[0].startswith("From:") and h.startswith("From"))]
+    got = reply(message(*base, *headers))
+    assert got.startswith(f"550 5.6.0 The message's headers cannot be read unambiguously ({problem}")
+
+
+def test_an_address_hidden_in_an_encoded_word_is_no_recipient():
+    headers = [h for h in BASE if not h.startswith("Cc")]
+    got = reply(message(*headers, "Cc: =?utf-8?b?bmFzY29zdG9AcGVjLmV4YW1wbGUuaXQ=?="),
+                ["ufficio@pec.tribunale.example.it", "nascosto@pec.example.it"])
+    assert got.startswith("550 5.6.0 The message's headers cannot be read unambiguously (a malformed Cc: header")
