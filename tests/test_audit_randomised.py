@@ -44,7 +44,7 @@ from tests.audit.conftest import Backend
 from tests.fixtures.gateway import FULL_RIGHTS, GatewayHarness, ldap_directory, office_policy, upstream_table
 from tests.test_audit_e2e import direct_identities, rows, store_matches_jsonl
 
-SEEDS = [int(s) for s in os.environ.get("PECGW_AUDIT_SEEDS", "1,2,3,4,5,6,10,17,18,35").split(",") if s.strip()]
+SEEDS = [int(s) for s in os.environ.get("PECGW_AUDIT_SEEDS", "1,2,3,4,5,6,10,17,18,35,83").split(",") if s.strip()]
 STEPS = int(os.environ.get("PECGW_AUDIT_STEPS", "40"))
 #: How often alice, after a reply announcing new messages, asks for their UIDs and flags at once,
 #: as mail clients do (the rest of the time the new messages stay unnamed until touched).

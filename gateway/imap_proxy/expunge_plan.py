@@ -40,7 +40,7 @@ from gateway.imap_proxy.mailbox_view import MailboxView
 from gateway.imap_proxy.responses import parse_status
 from gateway.imap_proxy.sequence_set import format_chunks, format_numbers
 
-__all__ = ["DeletedQuestion", "ExpungePlan", "plan_expunge"]
+__all__ = ["DeletedQuestion", "ExpungePlan", "PendingQuestion", "plan_expunge"]
 
 _UID_ONLY = re.compile(rb"^\* (\d+) FETCH \(UID (\d+)\)\r\n$", re.IGNORECASE)
 
@@ -126,6 +126,28 @@ class DeletedQuestion:
             return None
         uids = [self._view.uid_of(n) for n in self.seqs]
         return None if None in uids else sorted(u for u in uids if u is not None)
+
+
+class PendingQuestion:
+    """Before a client's ``UID EXPUNGE``: only the ``NOOP``, so another session's expunges still
+    pending for this connection — of a message in the person's set, say — are reported before
+    the person's command and not taken for its doing.  The command then goes as it came."""
+
+    answer = None  # no untagged reply answers a NOOP: whatever comes is relayed as usual
+    failed = False
+
+    def __init__(self, noop_tag: str) -> None:
+        self.tag = noop_tag
+        self.line = b"%s NOOP\r\n" % noop_tag.encode()
+
+    def collect(self, frame: Frame) -> bool:
+        return False
+
+    def answered(self, frame: Frame) -> bytes | None:
+        return None
+
+    def deleted(self) -> list[int] | None:
+        return None  # the command's own UID set limits its rows
 
 
 def plan_expunge(cmd: Command, deleted: list[int] | None, *, own_tag: str, unselect: bool) -> ExpungePlan:

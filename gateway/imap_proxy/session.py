@@ -31,7 +31,7 @@ from gateway.imap_proxy.capabilities import filter_capabilities, preauth_capabil
 from gateway.imap_proxy.commands import Command, Handling, parse_command, parse_tag
 from gateway.imap_proxy.enforce import FolderGuard, Verdict
 from gateway.imap_proxy.errors import CommandSyntaxError, FramingError, ImapProtocolError
-from gateway.imap_proxy.expunge_plan import DeletedQuestion, plan_expunge
+from gateway.imap_proxy.expunge_plan import DeletedQuestion, PendingQuestion, plan_expunge
 from gateway.imap_proxy.folder_access import FolderAccess
 from gateway.imap_proxy.identity import IDENTITY_ITEM, IdentityCache
 from gateway.imap_proxy.identity_lookups import IdentityLookups
@@ -376,6 +376,10 @@ class ImapSession(PreauthVerbs):
             question = DeletedQuestion(lambda: self._own_tag("x"), lambda: trail.view, unnamed=ids.unnamed,
                                        item=IDENTITY_ITEM, on_fetch=ids.absorb,
                                        noop_tag=f"{GATEWAY_TAG_PREFIX}n{self._noops}")
+        elif cmd.name == "EXPUNGE" and cmd.uid and self._trail is not None:
+            expunge = True  # UID EXPUNGE: a NOOP first, then the command as it came
+            self._noops += 1
+            question = PendingQuestion(f"{GATEWAY_TAG_PREFIX}n{self._noops}")
         elif verdict.hold is not None:
             question = _SubfolderQuestion(verdict.hold, self._guard)
         if question is not None:

@@ -222,6 +222,7 @@ def test_draining_reads_replies_and_ends_with_the_logout_row_whatever_comes_in_f
     sent to the client."""
     s = selected_lavoro(prime3())
     s.client_data(b"x1 UID EXPUNGE 39\r\ni1 IDLE\r\n")
+    s.upstream_data(b"PECGW.n1 OK done\r\n")  # the gateway's NOOP before a UID EXPUNGE
     first = s.client_closed()
     assert not any(isinstance(a, act.Close) for a in first)
     assert s.draining and s.client_closed() == []  # a second call changes nothing
@@ -229,6 +230,7 @@ def test_draining_reads_replies_and_ends_with_the_logout_row_whatever_comes_in_f
     assert sent(out) == b"" and [(r[0], r[2]) for r in rows(out)] == [("expunge", 39), ("logout", None)]
     s2 = selected_lavoro(prime3())
     s2.client_data(b"x1 UID EXPUNGE 39\r\n")
+    s2.upstream_data(b"PECGW.n1 OK done\r\n")
     s2.client_closed()
     out = s2.upstream_closed()
     assert [r[0] for r in rows(out)] == ["logout"] and any(isinstance(a, act.Close) for a in out)

@@ -186,6 +186,7 @@ def test_a_client_that_leaves_mid_expunge_still_gets_its_rows():
     does expunge, so its replies are still read for the rows, and only then the session ends."""
     s = selected_lavoro(prime3())
     s.client_data(b"x1 UID EXPUNGE 39\r\nn1 NOOP\r\n")
+    s.upstream_data(b"PECGW.n1 OK done\r\n")  # the gateway's NOOP first; then x1 goes up
     out = s.client_closed()
     assert not any(isinstance(a, act.Close) for a in out) and s.draining and s.reading_paused
     out = s.upstream_data(b"* 3 EXPUNGE\r\nx1 OK Expunge completed\r\n")

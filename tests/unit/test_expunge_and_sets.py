@@ -55,8 +55,12 @@ def test_a_failed_search_relays_the_expunge_and_records_every_reply():
 def test_uid_expunge_rows_only_for_its_own_set():
     s = selected_lavoro(prime3())
     out = s.client_data(b"x1 UID EXPUNGE 39\r\n")
-    assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 39\r\n"  # no question needed
-    out = s.upstream_data(b"* 1 EXPUNGE\r\n* 2 EXPUNGE\r\nx1 OK Expunge completed\r\n")
+    # a NOOP first: expunges pending from other sessions are reported before the person's command
+    assert sent(out, act.SendToUpstream) == b"PECGW.n1 NOOP\r\n"
+    out = s.upstream_data(b"* 1 EXPUNGE\r\nPECGW.n1 OK done\r\n")  # a colleague's: relayed, not hers
+    assert sent(out) == b"* 1 EXPUNGE\r\n" and rows(out) == []
+    assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 39\r\n"
+    out = s.upstream_data(b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nx1 OK Expunge completed\r\n")  # 35 (not named), 39
     assert [(r[0], r[2]) for r in rows(out)] == [("expunge", 39)]
 
 
