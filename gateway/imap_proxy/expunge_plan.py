@@ -129,22 +129,39 @@ class DeletedQuestion:
 
 
 class PendingQuestion:
-    """Before a client's ``UID EXPUNGE``: only the ``NOOP``, so another session's expunges still
+    """Before a client's ``UID EXPUNGE``: the ``NOOP``, so another session's expunges still
     pending for this connection — of a message in the person's set, say — are reported before
-    the person's command and not taken for its doing.  The command then goes as it came."""
+    the person's command and not taken for its doing; and, for messages it announces that the
+    view cannot name yet, ``FETCH n (UID <identity>)``, so the expunge rows name them.  The
+    command then goes as it came."""
 
-    answer = None  # no untagged reply answers a NOOP: whatever comes is relayed as usual
     failed = False
 
-    def __init__(self, noop_tag: str) -> None:
+    def __init__(self, noop_tag: str, tagger, view_of, *, item: str = "", on_fetch=lambda frame: False) -> None:
         self.tag = noop_tag
         self.line = b"%s NOOP\r\n" % noop_tag.encode()
+        self.answer: str | None = None  # no untagged reply answers a NOOP: whatever comes is relayed
+        self._tagger, self._view_of, self._item, self._on_fetch = tagger, view_of, item, on_fetch
 
     def collect(self, frame: Frame) -> bool:
-        return False
+        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
+        view = self._view_of()
+        if match is not None:
+            if view is not None:
+                view.learn(int(match.group(1)), int(match.group(2)))
+            return True
+        return self._on_fetch(frame)
 
     def answered(self, frame: Frame) -> bytes | None:
-        return None
+        view = self._view_of()
+        unknown = view.unknown() if view is not None and self.answer is None else []
+        chunks = format_chunks(unknown)
+        if len(chunks) != 1:
+            return None
+        self.answer = "FETCH"
+        self.tag = self._tagger()
+        self.line = b"%s FETCH %s (UID %s)\r\n" % (self.tag.encode(), chunks[0].encode(), self._item.encode())
+        return self.line
 
     def deleted(self) -> list[int] | None:
         return None  # the command's own UID set limits its rows

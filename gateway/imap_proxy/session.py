@@ -379,7 +379,10 @@ class ImapSession(PreauthVerbs):
         elif cmd.name == "EXPUNGE" and cmd.uid and self._trail is not None:
             expunge = True  # UID EXPUNGE: a NOOP first, then the command as it came
             self._noops += 1
-            question = PendingQuestion(f"{GATEWAY_TAG_PREFIX}n{self._noops}")
+            trail, ids = self._trail, self._ids
+            question = PendingQuestion(f"{GATEWAY_TAG_PREFIX}n{self._noops}", lambda: self._own_tag("x"),
+                                       lambda: trail.view, item=IDENTITY_ITEM,
+                                       on_fetch=ids.absorb if ids is not None else (lambda frame: False))
         elif verdict.hold is not None:
             question = _SubfolderQuestion(verdict.hold, self._guard)
         if question is not None:

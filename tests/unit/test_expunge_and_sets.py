@@ -9,10 +9,10 @@
 
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.identity import IDENTITY_ITEM
-from tests.unit.test_audit_trail import mapped, rows, selected_lavoro
+from tests.unit.test_audit_trail import identity, mapped, rows, selected_lavoro
 from tests.unit.test_audit_trail_edges import prime3
 from tests.unit.test_enforce_table import CAPS
-from tests.unit.transcript import answer_lookups, logged_in, sent
+from tests.unit.transcript import answer_lookups, audits, logged_in, sent
 
 #: A provider with neither UIDPLUS nor UNSELECT (RFC 3501 alone, plus MOVE).
 BARE = [c for c in CAPS if c not in ("UIDPLUS", "UNSELECT")]
@@ -165,3 +165,20 @@ def test_a_copyuid_naming_more_messages_than_the_folder_holds_is_not_expanded():
     s.client_data(b"c1 UID COPY 31 Archivio\r\n")
     out = s.upstream_data(b"c1 OK [COPYUID 88 1:4294967295 1:4294967295] Copy completed\r\n")
     assert rows(out) == []  # nonsense from the provider: nothing believed, nothing allocated
+
+
+def test_uid_expunge_of_a_message_only_the_noop_announces_names_it():
+    """Seed 18: a colleague appends (already marked \\Deleted); the person's UID EXPUNGE names it
+    (the client learnt its UID elsewhere).  The NOOP first announces it (* 4 EXISTS): the gateway
+    asks who it is before the expunge, so the row names it."""
+    s = selected_lavoro(prime3())
+    s.client_data(b"x1 UID EXPUNGE 40\r\n")
+    out = s.upstream_data(b"* 4 EXISTS\r\nPECGW.n1 OK done\r\n")
+    assert sent(out) == b"* 4 EXISTS\r\n"
+    (line,) = [x for x in sent(out, act.SendToUpstream).split(b"\r\n") if x]
+    assert line.startswith(b"PECGW.x1 FETCH 4 (UID ")
+    out = s.upstream_data(identity(4, 40, b"Message-ID: <m40@x>\r\n\r\n") + b"PECGW.x1 OK done\r\n")
+    assert sent(out, act.SendToUpstream) == b"x1 UID EXPUNGE 40\r\n"
+    out = s.upstream_data(b"* 4 EXPUNGE\r\nx1 OK done\r\n")
+    (row,) = audits(out)
+    assert (row.action, row.message.uid, row.message.message_id) == ("expunge", 40, "<m40@x>")
