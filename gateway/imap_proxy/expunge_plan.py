@@ -94,12 +94,7 @@ class DeletedQuestion:
         if self.answer == "SEARCH":
             self.seqs += [int(w) for w in frame.lines[0].split()[2:] if w.isdigit()]
             return True
-        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
-        if match is not None:
-            if self._view is not None:
-                self._view.learn(int(match.group(1)), int(match.group(2)))
-            return True
-        return self._on_fetch(frame)
+        return _answer_to_uid_fetch(frame, self._view, self._on_fetch)
 
     def answered(self, frame: Frame) -> bytes | None:
         """The step's tagged reply: the next command to send, or None when the answer is in."""
@@ -144,13 +139,7 @@ class PendingQuestion:
         self._tagger, self._view_of, self._item, self._on_fetch = tagger, view_of, item, on_fetch
 
     def collect(self, frame: Frame) -> bool:
-        match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
-        view = self._view_of()
-        if match is not None:
-            if view is not None:
-                view.learn(int(match.group(1)), int(match.group(2)))
-            return True
-        return self._on_fetch(frame)
+        return _answer_to_uid_fetch(frame, self._view_of(), self._on_fetch)
 
     def answered(self, frame: Frame) -> bytes | None:
         view = self._view_of()
@@ -165,6 +154,17 @@ class PendingQuestion:
 
     def deleted(self) -> list[int] | None:
         return None  # the command's own UID set limits its rows
+
+
+def _answer_to_uid_fetch(frame: Frame, view: MailboxView | None, on_fetch) -> bool:
+    """A reply to the gateway's ``FETCH n (UID …)``: ``(UID u)`` alone teaches the view, one with
+    the identity item goes to the identity lookups (``on_fetch``); True when it was either."""
+    match = _UID_ONLY.match(frame.lines[0]) if not frame.literals else None
+    if match is None:
+        return on_fetch(frame)
+    if view is not None:
+        view.learn(int(match.group(1)), int(match.group(2)))
+    return True
 
 
 def plan_expunge(cmd: Command, deleted: list[int] | None, *, own_tag: str, unselect: bool) -> ExpungePlan:
