@@ -12,43 +12,12 @@ import sqlite3
 import ssl
 import threading
 
-import pytest
+from tests import test_smtp_e2e
+from tests.test_smtp_e2e import TRIBUNALE
 
-from gateway.secret import Secret
-from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
-
-TRIBUNALE = "cancelleria@pec.tribunale.example.it"
-CLIENTE = "cliente@example.com"
 HIDDEN = "nascosto@pec.example.it"
 
-
-@pytest.fixture
-def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
-    h = GatewayHarness(tmp_path / "gw", pki)
-    h.vault.set("ldap/bind", Secret(slapd.service_password))
-    h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
-    for person in ("alice", "bruno", "carla"):
-        h.enroll(person)
-    policy = {
-        "offices": {"legale": {"groups": ["legale"], "send_to_deny": ["*@avversario.example.it"]},
-                    "acquisti": {"groups": ["acquisti"]}},
-        "mailboxes": {"protocollo": {"send": ["legale"], "rules": [
-            {"office": "legale", "folders": "*", "rights": "lrsw"},
-            {"office": "acquisti", "folders": "*", "rights": "lr"}]}},
-    }
-    tables = h.base_tables(
-        directory=ldap_directory(slapd), policy=policy,
-        mailboxes={"protocollo": {
-            "address": pec_mailbox.address,
-            "imap": upstream_table(dovecot, pki, pec_mailbox.address),
-            "smtp": {"host": "127.0.0.1", "port": pec_provider.port, "tls": "implicit", "ca_file": str(pki.ca_cert),
-                     "server_name": "localhost", "connect_timeout": 3, "max_recipients": 5,
-                     "max_total_size": 200_000}}})
-    tables["smtp"] = {"listen_tls": ["127.0.0.1:0"], "listen_starttls": ["127.0.0.1:0"], "timeout": 30}
-    h.start(tables)
-    h.mailbox, h.provider = pec_mailbox, pec_provider
-    yield h
-    h.stop()
+gw = test_smtp_e2e.gw  # the same gateway in front of the PEC provider simulator
 
 
 # -- helpers --------------------------------------------------------------------------------
