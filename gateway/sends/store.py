@@ -300,31 +300,7 @@ def open_send_store(config, vault, *, read_only: bool = False) -> SendStore:
     """The send records next to the configured audit store (same SQLite file or PostgreSQL
     schema, its own connection).  ``read_only`` opens a connection that cannot write and
     creates nothing (a missing SQLite file raises the audit store's ``StoreMissing``)."""
-    audit = config.audit
-    if audit.store == "sqlite":
-        import sqlite3
+    from gateway.beside_audit import connect_beside_audit
 
-        def connect():
-            if read_only:
-                from gateway.audit.sqlite_store import connect_read_only
-
-                return connect_read_only(audit.sqlite_path, timeout=10)
-            db = sqlite3.connect(str(audit.sqlite_path), check_same_thread=False, timeout=10)
-            db.execute("PRAGMA busy_timeout = 10000")
-            return db
-
-        return SendStore(connect, placeholder="?", read_only=read_only)
-    import psycopg
-
-    from gateway.audit.setup import postgres_conninfo
-
-    conninfo = postgres_conninfo(config, vault)
-
-    def connect_pg():
-        db = psycopg.connect(conninfo)
-        if read_only:
-            db.execute("SET default_transaction_read_only = on")
-            db.commit()
-        return db
-
-    return SendStore(connect_pg, placeholder="%s", schema=audit.postgresql_schema, read_only=read_only)
+    where = connect_beside_audit(config, vault, read_only=read_only)
+    return SendStore(where.connect, placeholder=where.placeholder, schema=where.schema, read_only=read_only)
