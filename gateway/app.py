@@ -23,6 +23,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
+from gateway.mailbox_credentials import MailboxCredentials
 from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
 from gateway.sends.store import open_send_store
 from gateway.sends.watcher import ReceiptWatchers
@@ -104,12 +105,15 @@ class Gateway:
         AUDIT_ACCEPTING.set(1)
         AUDIT_STORE_UP.labels(config.audit.store).set(1)
         self.sends = open_send_store(config, self.vault)  # next to the audit trail
+        # which mailbox passwords the provider refused: shared, so no front retries what another saw refused
+        self.credentials = MailboxCredentials(self.vault, config.mailboxes)
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
-                                 audit=self.audit, policy=self.policy, version=version(), sends=self.sends)
+                                 audit=self.audit, policy=self.policy, version=version(), sends=self.sends,
+                                 credentials=self.credentials)
         self.imap = ImapFront(self.services)
         self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
         # one provider session per sending mailbox, linking its receipts to the sends
-        self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit)
+        self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit, credentials=self.credentials)
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["AUDIT_ACCEPTING", "AUDIT_QUEUE_DEPTH", "AUDIT_ROWS", "AUDIT_SPOOLED_ROWS", "AUDIT_STORE_FAILURES",
-           "AUDIT_STORE_UP", "AUDIT_WRITE_SECONDS"]
+           "AUDIT_STORE_UP", "AUDIT_WRITE_SECONDS", "MAILBOX_LOGINS_BLOCKED", "MAILBOX_PASSWORD_REFUSED"]
 
 AUDIT_ROWS = Counter("pecgw_audit_rows_written_total", "Audit rows committed to the audit store", ["store"])
 AUDIT_WRITE_SECONDS = Histogram(
@@ -25,3 +25,11 @@ AUDIT_ACCEPTING = Gauge(
 AUDIT_SPOOLED_ROWS = Counter("pecgw_audit_spooled_rows_total", "Audit rows written to the spool file while the "
                              "store failed (replayed into the store when it recovers)")
 AUDIT_QUEUE_DEPTH = Gauge("pecgw_audit_queue_depth", "Audit rows accepted and not yet in the store or the spool")
+
+# -- mailbox passwords (gateway/mailbox_credentials.py)
+MAILBOX_PASSWORD_REFUSED = Gauge(
+    "pecgw_mailbox_password_refused", "1 while the PEC provider refuses the mailbox password kept in the vault (no "
+    "login to the provider is attempted until the vault entry is set again), 0 otherwise", ["mailbox"])
+MAILBOX_LOGINS_BLOCKED = Counter(
+    "pecgw_mailbox_logins_blocked_total", "Provider logins not attempted because the provider refused the mailbox "
+    "password still in the vault (IMAP, SMTP and the receipt watcher)", ["mailbox"])

@@ -222,13 +222,23 @@ class Vault:
 
     def get(self, name: str) -> Secret | None:
         """Return the value stored under ``name``, or None; re-reads the file if it changed."""
+        found = self.get_versioned(name)
+        return found[0] if found is not None else None
+
+    def get_versioned(self, name: str) -> tuple[Secret, str] | None:
+        """The value under ``name`` and a token that changes whenever the entry is written.
+
+        The token is the entry's nonce (public, fresh at every :meth:`set`, even of the same
+        value), so a caller can tell "stored again" from "unchanged" without keeping the value:
+        the gateway retries a mailbox whose password the provider refused once it is set again.
+        """
         _check_name(name)
         with self._lock:
             self._reload_if_changed()
             record = self._entries.get(name)
             if record is None:
                 return None
-            return Secret(self._open_record(name, record, VaultEntryTampered))
+            return Secret(self._open_record(name, record, VaultEntryTampered)), str(record.get("nonce", ""))
 
     def names(self) -> list[str]:
         """All entry names, sorted."""

@@ -118,7 +118,8 @@ def test_serve_relays_and_no_secret_leaks(served, slapd, pec_mailbox):
     audit = h.audit_path.read_text()
     vault_file = h.vault_path.read_text()
 
-    assert "IMAP listening on 127.0.0.1" in log and "provider unavailable (login_refused)" in log
+    assert "IMAP listening on 127.0.0.1" in log
+    assert "the PEC provider refused the password in vault entry 'mailbox/protocollo'" in log
     assert '"action": "login"' in audit and '"action": "login_failed"' in audit
     secrets = {"mailbox password": pec_mailbox.password, "wrong mailbox password": wrong_mailbox_pw,
                "LDAP service password": slapd.service_password, "person's password": "alice-password",

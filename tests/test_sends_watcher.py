@@ -1,8 +1,9 @@
 """The receipt watcher's failure behaviour against the real Dovecot (gateway/sends/watcher.py).
 
-A refused password stops it at once, logged at ERROR, with no second attempt (a provider would
-lock the mailbox out); an unreachable provider is retried with a growing delay and logged once
-per streak; a missing vault entry is retried too (it may be set while the gateway runs).
+A refused password pauses it at once, logged at ERROR, with no second attempt (a provider would
+lock the mailbox out) until the vault entry is set again; an unreachable provider is retried with
+a growing delay and logged once per streak; a missing vault entry is retried too (it may be set
+while the gateway runs).
 """
 
 from __future__ import annotations
@@ -65,18 +66,37 @@ def count_opens(monkeypatch) -> list[int]:
     return opened
 
 
-def test_a_refused_password_stops_the_watcher_without_retrying(dovecot, pki, pec_mailbox, sends, caplog,
-                                                              monkeypatch):
+def test_a_refused_password_pauses_the_watcher_until_the_vault_entry_changes(dovecot, pki, pec_mailbox, sends,
+                                                                            caplog, monkeypatch):
+    """No second try with the refused password, however long it waits; once the vault holds
+    another one (``pecgw vault set`` while the gateway runs), it resumes by itself."""
     monkeypatch.setattr(watcher_module, "BACKOFF_FIRST_S", 0.05)
+    monkeypatch.setattr(watcher_module, "PASSWORD_RECHECK_S", 0.05)
     opened = count_opens(monkeypatch)
-    caplog.set_level(logging.INFO, logger="pecgw.sends")
-    w = ReceiptWatcher(mailbox(dovecot, pki, pec_mailbox.address), Vault({"mailbox/protocollo": "wrong"}), sends,
-                       audit=None)
-    assert run_for(w, 10)  # it ended by itself
-    assert len(opened) == 1
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "stopped until the gateway restarts" in errors[0].getMessage()
-    assert "wrong" not in caplog.text  # the password never reaches a log line
+    caplog.set_level(logging.INFO, logger="pecgw")
+    wrong = "Wrong-Mailbox-Pw-5e81"
+    vault = Vault({"mailbox/protocollo": wrong})
+    w = ReceiptWatcher(mailbox(dovecot, pki, pec_mailbox.address), vault, sends, audit=None)
+
+    async def main() -> None:
+        task = asyncio.create_task(w.run())
+        try:
+            await asyncio.sleep(1.0)  # some twenty looks at the vault meanwhile
+            assert not task.done()  # paused, not ended
+            assert len(opened) == 1 and w.credentials.is_refused("protocollo")
+            vault["mailbox/protocollo"] = pec_mailbox.password
+            await asyncio.wait_for(w.idling.wait(), 10)  # logged in again and watching the INBOX
+            assert len(opened) == 2 and not w.credentials.is_refused("protocollo")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "refused the password in vault entry 'mailbox/protocollo'" in errors[0]
+    assert "receipt watcher of mailbox protocollo paused" in caplog.text
+    assert "the vault entry 'mailbox/protocollo' changed; resuming" in caplog.text
+    assert wrong not in caplog.text and pec_mailbox.password not in caplog.text  # never in a log line
 
 
 def test_an_unreachable_provider_is_retried_with_backoff_and_logged_once(dovecot, pki, pec_mailbox, sends, caplog,

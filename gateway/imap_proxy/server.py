@@ -21,6 +21,8 @@ from gateway.imap_proxy.identity import IdentityCache
 from gateway.imap_proxy.session import ImapSession, SessionState
 from gateway.imap_proxy.upstream import UpstreamError, UpstreamSession, open_upstream
 from gateway.login import Failure, LoginResult
+from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
+from gateway.mailbox_credentials import REFUSED_REASON, MailboxCredentials, PasswordRefused
 
 __all__ = ["ImapFront", "server_tls_context"]
 
@@ -50,6 +52,12 @@ class Services:
     sessions: set = field(default_factory=set)
     identities: IdentityCache = field(default_factory=IdentityCache)  # message identities, all sessions
     sends: object = None  # gateway.sends.store.SendStore: the record of every PEC submitted
+    # the vaulted mailbox passwords and which the provider refused: one for IMAP, SMTP and the watchers
+    credentials: MailboxCredentials | None = None
+
+    def __post_init__(self) -> None:
+        if self.credentials is None:
+            self.credentials = MailboxCredentials(self.vault)
 
 
 class Connection:
@@ -310,24 +318,32 @@ class Connection:
 
     async def _open_upstream(self, result: LoginResult) -> tuple[LoginResult, list[str]]:
         mailbox = self.s.config.mailboxes[result.mailbox]
-        password = self.s.vault.get(mailbox.password_vault_key)
+        credentials = self.s.credentials
+        try:
+            password = credentials.current(mailbox)
+        except PasswordRefused:  # refused before and not changed since: the provider is not asked
+            return self._unavailable(result, REFUSED_REASON, REFUSED_TEXT), []
         if password is None:
             log.error("mailbox %s: no password in the vault under %r; set it with 'pecgw vault set %s'",
                       mailbox.name, mailbox.password_vault_key, mailbox.name)
             return self._unavailable(result, "no_mailbox_password"), []
         try:
-            self.up = await open_upstream(mailbox.imap, password)
+            self.up = await open_upstream(mailbox.imap, password.secret)
         except UpstreamError as exc:
+            if exc.kind == "login_refused":  # logged (once) by the credentials
+                credentials.refused(password, str(exc))
+                return self._unavailable(result, REFUSED_REASON, REFUSED_TEXT), []
             log.error("session %s: mailbox %s: provider unavailable (%s): %s",
                       self.session.session_id, mailbox.name, exc.kind, exc)
             return self._unavailable(result, f"upstream_{exc.kind}"), []
+        credentials.accepted(password)
         return result, self.up.capabilities
 
     @staticmethod
-    def _unavailable(result: LoginResult, reason: str) -> LoginResult:
+    def _unavailable(result: LoginResult, reason: str,
+                     text: str = "The PEC provider is unavailable; try again later") -> LoginResult:
         return LoginResult(False, person=result.person, offices=result.offices, mailbox=result.mailbox,
-                           failure=Failure.UNAVAILABLE, reason=reason,
-                           client_text="The PEC provider is unavailable; try again later")
+                           failure=Failure.UNAVAILABLE, reason=reason, client_text=text)
 
     async def _close(self) -> None:
         """Close both sides once; every caller waits until the closing is complete."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from gateway.config import MailboxConfig
 from gateway.imap_proxy.upstream import UpstreamError, provider_search
 from gateway.imap_proxy.syntax import quote_string
+from gateway.mailbox_credentials import MailboxCredentials, PasswordRefused
 
 __all__ = ["accettazione_in_mailbox", "RECEIPT_FOLDERS"]
 
@@ -18,10 +19,14 @@ __all__ = ["accettazione_in_mailbox", "RECEIPT_FOLDERS"]
 RECEIPT_FOLDERS = (b"INBOX",)
 
 
-async def accettazione_in_mailbox(mailbox: MailboxConfig, vault, message_id: str) -> bool:
+async def accettazione_in_mailbox(mailbox: MailboxConfig, credentials: MailboxCredentials, message_id: str) -> bool:
     """True when an accettazione for ``message_id`` is in the mailbox.  Raises
-    :class:`UpstreamError` when the mailbox cannot be asked (the caller must not send then)."""
-    password = vault.get(mailbox.password_vault_key)
+    :class:`UpstreamError` when the mailbox cannot be asked (the caller must not send then),
+    without asking the provider while it refuses the vaulted password (``credentials``)."""
+    try:
+        password = credentials.current(mailbox)
+    except PasswordRefused as exc:
+        raise UpstreamError("login_refused", str(exc)) from None
     if password is None:
         raise UpstreamError("login_refused", f"vault entry {mailbox.password_vault_key!r} missing")
     ident = message_id.encode("ascii", "replace")
@@ -29,6 +34,13 @@ async def accettazione_in_mailbox(mailbox: MailboxConfig, vault, message_id: str
         raise UpstreamError("protocol", "the Message-ID cannot be searched for")
     criteria = b"HEADER X-Ricevuta accettazione HEADER X-Riferimento-Message-ID " + quote_string(ident)
     for folder in RECEIPT_FOLDERS:
-        if await provider_search(mailbox.imap, password, folder, criteria):
+        try:
+            found = await provider_search(mailbox.imap, password.secret, folder, criteria)
+        except UpstreamError as exc:
+            if exc.kind == "login_refused":
+                credentials.refused(password, str(exc))
+            raise
+        credentials.accepted(password)
+        if found:
             return True
     return False

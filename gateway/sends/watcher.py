@@ -24,9 +24,12 @@ about sends made elsewhere).  Receipts seen twice are linked once (the dedupe ke
 
 Failures: the connection is opened again with exponential backoff (:data:`BACKOFF_FIRST_S`
 doubling up to :data:`BACKOFF_MAX_S`), logged once per streak.  A password the provider refuses
-stops the watcher until the gateway restarts, logged at ERROR: retrying would lock the mailbox
-out at the provider (PEC.md section 5, "on auth failure, stop and alert").  The store is called
-through :func:`asyncio.to_thread`, so the event loop never blocks.
+(here, or at a person's IMAP or SMTP login: :mod:`gateway.mailbox_credentials` keeps one record
+for the whole gateway) pauses the watcher without another try — retrying would lock the mailbox
+out at the provider (PEC.md section 5, "on auth failure, stop and alert") — until the vault entry
+is set again (``pecgw vault set``, seen without a restart; checked every
+:data:`PASSWORD_RECHECK_S`); then it resumes where it stopped.  The store is called through
+:func:`asyncio.to_thread`, so the event loop never blocks.
 
 Limit: one folder per connection (RFC 2177 IDLE watches the selected one); receipts land in
 INBOX at the providers known (:data:`gateway.sends.mailbox_check.RECEIPT_FOLDERS`), and a
@@ -47,18 +50,23 @@ from gateway.config import MailboxConfig
 from gateway.imap_proxy.bodystructure import bodystructure_in_fetch, find_daticert
 from gateway.imap_proxy.identity import IDENTITY_ITEM, fetch_identity_item, identity_from_headers
 from gateway.imap_proxy.upstream import ProviderConversation, UpstreamError
+from gateway.mailbox_credentials import MailboxCredentials, PasswordRefused
 from gateway.sends.linking import Linked, link_receipt
 from gateway.sends.mailbox_check import RECEIPT_FOLDERS
 from gateway.sends.receipts import MAX_PART_OCTETS, NotCounted, read_receipt, ricevuta_of
 from gateway.sends.watch_imap import (examine, fetch_items, item_uid, part_octets, search_uids, since_text,
                                       wait_for_news)
 
-__all__ = ["ReceiptWatcher", "ReceiptWatchers", "BACKOFF_FIRST_S", "BACKOFF_MAX_S", "FIRST_START_DAYS"]
+__all__ = ["ReceiptWatcher", "ReceiptWatchers", "BACKOFF_FIRST_S", "BACKOFF_MAX_S", "FIRST_START_DAYS",
+           "PASSWORD_RECHECK_S"]
 
 log = logging.getLogger("pecgw.sends")
 
 BACKOFF_FIRST_S = 5.0
 BACKOFF_MAX_S = 600.0
+#: While the provider refuses the vaulted password: how often the vault entry is looked at (a
+#: ``stat`` of the vault file; the provider is not asked until the entry changes).
+PASSWORD_RECHECK_S = 5.0
 FIRST_START_DAYS = 30
 #: Messages examined per FETCH: bounded replies however long the gateway was away.
 BATCH = 100
@@ -72,8 +80,11 @@ PROTOCOL = "watcher"
 class ReceiptWatcher:
     """One mailbox's watcher; :meth:`run` until cancelled."""
 
-    def __init__(self, mailbox: MailboxConfig, vault, sends, audit, *, folder: bytes = RECEIPT_FOLDERS[0]) -> None:
+    def __init__(self, mailbox: MailboxConfig, vault, sends, audit, *, folder: bytes = RECEIPT_FOLDERS[0],
+                 credentials: MailboxCredentials | None = None) -> None:
         self.mailbox, self.vault, self.sends, self.audit = mailbox, vault, sends, audit
+        # the gateway's shared record of refused passwords; a watcher alone gets its own
+        self.credentials = credentials if credentials is not None else MailboxCredentials(vault)
         self.folder_wire = folder
         self.folder = folder.decode("ascii")
         self.session_id = ""
@@ -90,11 +101,12 @@ class ReceiptWatcher:
                 problem = "the provider closed the connection"
             except asyncio.CancelledError:
                 raise
+            except PasswordRefused:
+                self.idling.clear()
+                await self._wait_for_new_password()
+                delay, failing = BACKOFF_FIRST_S, False
+                continue
             except UpstreamError as exc:
-                if exc.kind == "login_refused":
-                    log.error("receipt watcher of mailbox %s stopped until the gateway restarts (no retry, so the "
-                              "provider does not lock the mailbox out): %s", self.mailbox.name, exc)
-                    return
                 problem = f"{exc.kind}: {exc}"
             except Exception as exc:  # noqa: BLE001 - a parse error, the store: back off and retry
                 problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -110,12 +122,37 @@ class ReceiptWatcher:
             await asyncio.sleep(delay * (1 + random.random() / 4))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
+    async def _wait_for_new_password(self) -> None:
+        """Wait, without asking the provider, until the refused vault entry is set again."""
+        log.warning("receipt watcher of mailbox %s paused until the vault entry %r is set again (the provider "
+                    "refused the password; no retry, so the provider does not lock the mailbox out)",
+                    self.mailbox.name, self.mailbox.password_vault_key)
+        while True:
+            await asyncio.sleep(PASSWORD_RECHECK_S)
+            try:
+                if not self.credentials.blocked(self.mailbox):
+                    break
+            except Exception as exc:  # noqa: BLE001 - a vault being replaced, unreadable: look again later
+                log.debug("receipt watcher of mailbox %s: vault not readable now: %s", self.mailbox.name,
+                          type(exc).__name__)
+        log.info("receipt watcher of mailbox %s: the vault entry %r changed; resuming", self.mailbox.name,
+                 self.mailbox.password_vault_key)
+
     async def _session(self) -> None:
-        password = self.vault.get(self.mailbox.password_vault_key)
+        """One provider session: log in (raising :class:`PasswordRefused` when the provider
+        refused this password, now or before), catch up, then IDLE until something fails."""
+        password = self.credentials.current(self.mailbox)  # PasswordRefused: refused before, unchanged
         if password is None:
             # not the provider's refusal: retried (with backoff) until 'pecgw vault set' stores it
             raise UpstreamError("no_password", f"vault entry {self.mailbox.password_vault_key!r} missing")
-        conv = await ProviderConversation.open(self.mailbox.imap, password)
+        try:
+            conv = await ProviderConversation.open(self.mailbox.imap, password.secret)
+        except UpstreamError as exc:
+            if exc.kind != "login_refused":
+                raise
+            self.credentials.refused(password, str(exc))  # logged once, at ERROR
+            raise PasswordRefused(self.mailbox.name, self.mailbox.password_vault_key) from None
+        self.credentials.accepted(password)
         self.session_id = secrets.token_hex(8)
         state = {"news": False}
         try:
@@ -235,9 +272,10 @@ class ReceiptWatcher:
 class ReceiptWatchers:
     """The watchers of every sending mailbox, started and stopped with the gateway."""
 
-    def __init__(self, config, vault, sends, audit) -> None:
-        self.watchers = [ReceiptWatcher(m, vault, sends, audit) for m in config.mailboxes.values()
-                         if m.smtp is not None]
+    def __init__(self, config, vault, sends, audit, credentials: MailboxCredentials | None = None) -> None:
+        credentials = credentials if credentials is not None else MailboxCredentials(vault)
+        self.watchers = [ReceiptWatcher(m, vault, sends, audit, credentials=credentials)
+                         for m in config.mailboxes.values() if m.smtp is not None]
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:

@@ -7,7 +7,9 @@ aiosmtpd speaks SMTP; this handler decides.  Per client connection, after ``AUTH
   directory password plus TOTP, trust window, failure delay, ``alice#mailbox`` to pick a mailbox.
   A failure says only ``535 5.7.8``, whatever failed (no user enumeration).
 * **MAIL FROM**: the person's ``send`` right on the mailbox, then the provider connection is
-  opened with the vaulted password and the *mailbox's* address goes up as the envelope sender.
+  opened with the vaulted password and the *mailbox's* address goes up as the envelope sender
+  (``454 4.7.0`` without asking the provider while it refuses that password, see
+  :mod:`gateway.mailbox_credentials`).
 * **RCPT TO**: the recipient count and the office's recipient patterns, then the provider's own
   answer for that recipient is passed back as it is.
 * **DATA**: the header rules (:mod:`gateway.smtp_proxy.rules`), a Message-ID if missing, the
@@ -33,6 +35,8 @@ from aiosmtpd.smtp import MISSING
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
 from gateway.config import MailboxConfig
 from gateway.login import Failure, LoginRequest, LoginResult
+from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
+from gateway.mailbox_credentials import REFUSED_REASON, PasswordRefused
 from gateway.secret import Secret
 from gateway.smtp_proxy.message import summarise, with_message_id
 from gateway.smtp_proxy.rules import (Refusal, SendLimits, check_message, check_recipient, check_sender_right,
@@ -138,11 +142,7 @@ class SubmissionHandler:
             return AUDIT_DOWN
         try:
             if sender.provider is None:
-                password = self.services.vault.get(sender.mailbox.password_vault_key)
-                if password is None:
-                    raise ProviderError((454, "4.7.0 The mailbox's password is not in the gateway's vault"),
-                                        f"vault entry {sender.mailbox.password_vault_key!r} missing")
-                sender.provider = ProviderSubmission(smtp, password)
+                sender.provider = await self._open_provider(sender)
             await sender.provider.open()
             code, text = await sender.provider.mail(sender.mailbox.address, _size(mail_options))
         except ProviderError as exc:
@@ -272,7 +272,7 @@ class SubmissionHandler:
         if previous.state in ("refused", "not_accepted"):
             return None
         try:  # recorded or unknown: did it go out after all?
-            accepted = await accettazione_in_mailbox(sender.mailbox, self.services.vault, mid or "")
+            accepted = await accettazione_in_mailbox(sender.mailbox, self.services.credentials, mid or "")
         except UpstreamError as exc:
             log.error("session %s: cannot check the mailbox for an accettazione: %s", sender.session_id, exc)
             return "451 4.4.1 The PEC provider cannot be reached to check an earlier attempt; try again later"
@@ -312,9 +312,35 @@ class SubmissionHandler:
             provider, sender.provider = sender.provider, None
             await provider.close()
 
+    async def _open_provider(self, sender: Sender) -> ProviderSubmission:
+        """A provider connection logged in with the vaulted password, whose refusal or success
+        is reported to the credentials; never tried with a password the provider refused
+        already (``ProviderError`` of kind ``password_refused``: retrying could lock it out)."""
+        credentials = self.services.credentials
+        mailbox = sender.mailbox
+        try:
+            password = credentials.current(mailbox)
+        except PasswordRefused as exc:
+            raise ProviderError((454, f"4.7.0 {REFUSED_TEXT}"), str(exc), kind="password_refused") from None
+        if password is None:
+            raise ProviderError((454, "4.7.0 The mailbox's password is not in the gateway's vault"),
+                                f"vault entry {mailbox.password_vault_key!r} missing")
+        provider = ProviderSubmission(mailbox.smtp, password.secret)
+        try:
+            await provider.open()
+        except ProviderError as exc:
+            if exc.kind == "login_refused":
+                credentials.refused(password, exc.log)
+            raise
+        credentials.accepted(password)
+        return provider
+
     def _provider_failed(self, session, sender: Sender, exc: ProviderError, command: str) -> str:
-        log.error("session %s: %s", sender.session_id, exc.log)
-        self._audit(session, Action.UPSTREAM_UNAVAILABLE, Decision.ERROR, sender=sender, reason="provider",
+        password_refused = exc.kind in ("login_refused", "password_refused")
+        # a refused password is logged once, at ERROR, by the credentials
+        log.log(logging.DEBUG if password_refused else logging.ERROR, "session %s: %s", sender.session_id, exc.log)
+        self._audit(session, Action.UPSTREAM_UNAVAILABLE, Decision.ERROR, sender=sender,
+                    reason=REFUSED_REASON if password_refused else "provider",
                     detail={"command": command, "reply": f"{exc.reply[0]} {exc.reply[1]}"})
         sender.provider = None
         return f"{exc.reply[0]} {exc.reply[1]}"

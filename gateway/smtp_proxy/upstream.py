@@ -10,7 +10,9 @@ in a worker thread (:func:`asyncio.to_thread`) so a slow provider never blocks o
 TLS toward the provider is always verified (``ca_file`` or the system store, the name checked
 against ``server_name`` or the host), implicit (465) or STARTTLS (587).  A provider that cannot
 be reached gives ``451 4.4.1`` (the client retries later); one that refuses the mailbox password
-gives ``454 4.7.0`` and says so in the log — never a retry loop that would lock the mailbox.
+gives ``454 4.7.0`` and says so in the log — never a retry loop that would lock the mailbox (the
+handler reports the refusal to :class:`~gateway.mailbox_credentials.MailboxCredentials`, which
+keeps later MAIL FROMs from trying that password again).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import ssl
 
 from gateway.config import SubmissionConfig
+from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.secret import Secret
 
 __all__ = ["ProviderError", "ProviderSubmission", "Reply"]
@@ -29,11 +32,14 @@ Reply = tuple[int, str]
 
 
 class ProviderError(Exception):
-    """The provider could not be used: ``reply`` is what the client is told, ``log`` why."""
+    """The provider could not be used: ``reply`` is what the client is told, ``log`` why, and
+    ``kind`` classifies it: ``login_refused`` (the provider refused the vaulted password: the
+    mailbox is marked, see :mod:`gateway.mailbox_credentials`), ``password_refused`` (refused
+    before and unchanged since: the provider was not asked), or ``provider`` (anything else)."""
 
-    def __init__(self, reply: Reply, log: str) -> None:
+    def __init__(self, reply: Reply, log: str, *, kind: str = "provider") -> None:
         super().__init__(log)
-        self.reply, self.log = reply, log
+        self.reply, self.log, self.kind = reply, log, kind
 
 
 class _VerifiedSMTP(smtplib.SMTP_SSL):
@@ -65,6 +71,27 @@ class _VerifiedStartTLS(smtplib.SMTP):
 
 def _reply(code: int, text: bytes | str) -> Reply:
     return code, text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def _login_once(smtp: smtplib.SMTP, username: str, password: Secret) -> None:
+    """AUTH with one mechanism (PLAIN, else LOGIN, else CRAM-MD5): one refusal is one wrong try
+    at the provider.
+
+    smtplib's own ``login`` tries every mechanism it knows in turn, so a wrong password would
+    count two or three times toward the provider's lockout.  Raises SMTPAuthenticationError
+    (refused) or another SMTPException (no usable mechanism)."""
+    smtp.ehlo_or_helo_if_needed()
+    if not smtp.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("the provider offers no AUTH")
+    offered = smtp.esmtp_features["auth"].upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m in offered), None)
+    if mechanism is None:
+        raise smtplib.SMTPException(f"no usable AUTH mechanism among {' '.join(offered)[:100]}")
+    smtp.user, smtp.password = username, password.reveal()
+    try:
+        smtp.auth(mechanism, getattr(smtp, "auth_" + mechanism.lower().replace("-", "_")))  # raises when refused
+    finally:
+        smtp.password = ""
 
 
 class ProviderSubmission:
@@ -105,13 +132,12 @@ class ProviderSubmission:
                                 f"provider {up.host}:{up.port}: {type(exc).__name__}: {exc}") from None
         smtp.sock.settimeout(self.config.timeout_s)
         try:
-            smtp.login(up.username, self._password.reveal())
+            _login_once(smtp, up.username, self._password)
         except smtplib.SMTPAuthenticationError as exc:
             smtp.close()
-            raise ProviderError((454, "4.7.0 The PEC provider refused the mailbox's password; the administrators "
-                                      "have been told"),
+            raise ProviderError((454, f"4.7.0 {REFUSED_TEXT}"),
                                 f"provider {up.host}:{up.port} refused the vaulted password for {up.username}: "
-                                f"{exc.smtp_code}") from None
+                                f"{exc.smtp_code}", kind="login_refused") from None
         except (OSError, smtplib.SMTPException) as exc:
             smtp.close()
             raise ProviderError((451, "4.4.2 The connection to the PEC provider failed; try again later"),
