@@ -1,8 +1,9 @@
 """Assembling a running gateway from a :class:`~gateway.config.GatewayConfig`.
 
 Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
-service password from the vault) → OTP and trust windows → authenticator → policy → login
-service → audit chain key, store and sink → IMAP front → SMTP front → receipt watchers.
+service password from the vault) → OTP and trust windows → audit chain key, store and sink →
+login-failure counters (next to the audit store) → authenticator → policy → login service → IMAP
+front → SMTP front → receipt watchers.
 ``Gateway.start``/``stop`` bracket the listeners and the watchers and flush the audit sink, so a
 clean stop loses no event.
 """
@@ -15,9 +16,12 @@ import signal
 from collections.abc import Callable
 from importlib import metadata
 
+from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 from gateway.audit.setup import build_sink, open_trail
+from gateway.auth.attempts import open_attempt_store
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.otp import OtpVerifier
+from gateway.auth.throttle import Lockout, LoginThrottle
 from gateway.auth.trust import TrustWindow
 from gateway.config import ConfigError, GatewayConfig
 from gateway.imap_proxy.server import ImapFront, Services
@@ -95,15 +99,21 @@ class Gateway:
         directory = build_directory(config, self.vault)
         otp = OtpVerifier(lambda user: self.vault.get(otp_key(user)), digits=config.auth.otp_digits)
         self.trust = TrustWindow(config.auth.trust_window_s)
-        self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s)
-        self.policy = open_policy(config)
-        self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
-        # The audit store: opened now, so a gateway that cannot record refuses to start.
+        # The audit store: opened now, so a gateway that cannot record refuses to start (and the
+        # tables kept next to it -- login failures, sends -- find their file or schema there).
         self.audit_store = open_trail(config, self.vault)
         self.audit = build_sink(config, self.audit_store)  # .emit(), .accepting, .depth
         AUDIT_QUEUE_DEPTH.set_function(lambda: self.audit.depth)
         AUDIT_ACCEPTING.set(1)
         AUDIT_STORE_UP.labels(config.audit.store).set(1)
+        # brute-force counters, next to the audit trail (shared by the instances on PostgreSQL)
+        self.attempts = open_attempt_store(config, self.vault)
+        self.throttle = LoginThrottle(config.auth.brute_force, config.auth.failure_delay_s, store=self.attempts,
+                                      on_lockout=self._audit_lockout)
+        self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s,
+                                           throttle=self.throttle)
+        self.policy = open_policy(config)
+        self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
         self.sends = open_send_store(config, self.vault)  # next to the audit trail
         # which mailbox passwords the provider refused: shared, so no front retries what another saw refused
         self.credentials = MailboxCredentials(self.vault, config.mailboxes)
@@ -129,7 +139,16 @@ class Gateway:
         await self.audit.close()
         self.audit_store.close()
         self.sends.close()
+        self.attempts.close()
         self._stopped.set()
+
+    def _audit_lockout(self, lockout: Lockout) -> None:
+        """A login lockout began: one audit row (the name typed, never a secret)."""
+        self.audit.emit(AuditEvent(
+            when=utc_now(), session_id=lockout.session_id, protocol=lockout.protocol or "imap",
+            action=Action.LOCKOUT, decision=Decision.DENY, person=lockout.name, client_ip=lockout.ip or None,
+            reason=lockout.scope, detail={"scope": lockout.scope, "failures": lockout.failures,
+                                          "until": lockout.until_iso}))
 
     def reload(self) -> str | None:
         """Reload what can change while running (the policy); None, or the error (nothing changed)."""

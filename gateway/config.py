@@ -23,6 +23,7 @@ __all__ = [
     "MailboxConfig",
     "LdapConfig",
     "AuthConfig",
+    "BruteForceConfig",
     "VaultConfig",
     "AuditConfig",
     "GatewayConfig",
@@ -124,6 +125,21 @@ class LdapConfig:
 
 
 @dataclass(frozen=True)
+class BruteForceConfig:
+    """``[auth.brute_force]``: growing delays and lockouts after failed logins (gateway/auth/throttle.py).
+
+    Counted per login name as typed and client address (``pair``), per address (``ip``) and per
+    name from everywhere (``person``); a limit of 0 never locks that scope."""
+
+    window_s: float = 900.0  # failures are added up for this long from a counter's first one
+    max_delay_s: float = 30.0  # a failure waits auth.failure_delay * 2**(n-1), at most this
+    lockout_after: int = 10  # failures of one name from one address
+    ip_lockout_after: int = 30  # failures of any names from one address; 0: never
+    person_lockout_after: int = 100  # failures of one name from any address; 0: never
+    lockout_duration_s: float = 900.0
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     backend: str  # "ldap" or "static"
     ldap: LdapConfig | None
@@ -132,6 +148,7 @@ class AuthConfig:
     otp_digits: int = 6
     trust_window_s: float = 12 * 3600.0
     failure_delay_s: float = 1.0
+    brute_force: BruteForceConfig = field(default_factory=BruteForceConfig)
 
 
 @dataclass(frozen=True)
@@ -360,9 +377,27 @@ def _ldap(t: _Table) -> LdapConfig:
     return cfg
 
 
+def _brute_force(t: _Table, failure_delay_s: float) -> BruteForceConfig:
+    d = BruteForceConfig()
+    cfg = BruteForceConfig(
+        window_s=t.float("window", d.window_s, minimum=1.0),
+        max_delay_s=t.float("max_delay", d.max_delay_s),
+        lockout_after=t.int("lockout_after", d.lockout_after, minimum=1),
+        ip_lockout_after=t.int("ip_lockout_after", d.ip_lockout_after),
+        person_lockout_after=t.int("person_lockout_after", d.person_lockout_after),
+        lockout_duration_s=t.float("lockout_duration", d.lockout_duration_s, minimum=1.0),
+    )
+    if cfg.max_delay_s < failure_delay_s:
+        raise t.error("max_delay", f"must be at least auth.failure_delay ({failure_delay_s}), not {cfg.max_delay_s}")
+    t.done()
+    return cfg
+
+
 def _auth(t: _Table) -> AuthConfig:
     backend = t.str("backend", _REQUIRED, choices=("ldap", "static"))
     ldap_t = t.table("ldap", required=backend == "ldap")
+    failure_delay_s = t.float("failure_delay", 1.0)
+    bf_t = t.table("brute_force")
     cfg = AuthConfig(
         backend=backend,
         ldap=_ldap(ldap_t) if ldap_t is not None else None,
@@ -370,7 +405,8 @@ def _auth(t: _Table) -> AuthConfig:
         otp_issuer=t.str("otp_issuer", "PEC Gateway"),
         otp_digits=t.int("otp_digits", 6, minimum=6, maximum=8),
         trust_window_s=t.float("trust_window", 12 * 3600.0),
-        failure_delay_s=t.float("failure_delay", 1.0),
+        failure_delay_s=failure_delay_s,
+        brute_force=_brute_force(bf_t, failure_delay_s) if bf_t is not None else BruteForceConfig(),
     )
     if backend == "static" and cfg.users_file is None:
         raise t.error("users_file", "required when backend = \"static\"")

@@ -44,6 +44,7 @@ class LoginRequest:
     client_ip: str
     protocol: str  # "imap" | "smtp"
     mailbox_hint: str | None = None  # e.g. the SASL authorization identity
+    session_id: str = ""  # the front's session, for audit rows written during the login (a lockout)
 
     @property
     def username(self) -> str:

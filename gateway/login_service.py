@@ -30,7 +30,9 @@ class LoginService:
         self.mailboxes = mailboxes
 
     async def login(self, request: LoginRequest) -> LoginResult:
-        outcome = await self.authenticator.authenticate(request.username, request.credential)
+        outcome = await self.authenticator.authenticate(request.username, request.credential,
+                                                        client_ip=request.client_ip, protocol=request.protocol,
+                                                        session_id=request.session_id)
         person = outcome.person
         if person is None:
             if outcome.reason == "directory_unavailable":

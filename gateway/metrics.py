@@ -10,7 +10,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["AUDIT_ACCEPTING", "AUDIT_QUEUE_DEPTH", "AUDIT_ROWS", "AUDIT_SPOOLED_ROWS", "AUDIT_STORE_FAILURES",
-           "AUDIT_STORE_UP", "AUDIT_WRITE_SECONDS", "MAILBOX_LOGINS_BLOCKED", "MAILBOX_PASSWORD_REFUSED"]
+           "AUDIT_STORE_UP", "AUDIT_WRITE_SECONDS", "LOGIN_FAILURES", "LOGIN_LOCKOUTS", "MAILBOX_LOGINS_BLOCKED",
+           "MAILBOX_PASSWORD_REFUSED"]
 
 AUDIT_ROWS = Counter("pecgw_audit_rows_written_total", "Audit rows committed to the audit store", ["store"])
 AUDIT_WRITE_SECONDS = Histogram(
@@ -33,3 +34,9 @@ MAILBOX_PASSWORD_REFUSED = Gauge(
 MAILBOX_LOGINS_BLOCKED = Counter(
     "pecgw_mailbox_logins_blocked_total", "Provider logins not attempted because the provider refused the mailbox "
     "password still in the vault (IMAP, SMTP and the receipt watcher)", ["mailbox"])
+
+# -- logins (gateway/auth/authenticator.py, gateway/auth/throttle.py)
+LOGIN_FAILURES = Counter("pecgw_login_failures_total", "Failed logins by internal reason (bad_password, bad_otp, "
+                         "locked, ...: the client is told none of them)", ["reason"])
+LOGIN_LOCKOUTS = Counter("pecgw_login_lockouts_total", "Login lockouts begun after repeated failures, by scope "
+                         "(pair: a name from an address; ip: an address; person: a name from everywhere)", ["scope"])

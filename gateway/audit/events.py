@@ -20,6 +20,7 @@ class Action:
 
     LOGIN = "login"
     LOGIN_FAILED = "login_failed"
+    LOCKOUT = "lockout"  # repeated failures locked a name, an address or both; detail: scope, failures, until
     LOGOUT = "logout"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     DENIED = "denied"  # a command refused by the folder policy; detail names the rule

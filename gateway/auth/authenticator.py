@@ -17,8 +17,15 @@ The password is checked *before* the code so that a mistyped password does not b
 current code (the replay guard would refuse it on the retry).  OTP and trust use the username
 returned by the directory (canonical spelling), not the one typed.
 
-Every failure waits ``failure_delay_s`` before returning, the same for every reason, and the
-reason (:attr:`AuthOutcome.reason`) is for logs and metrics only: clients get one generic answer.
+Before all this, the brute-force throttle (:class:`~gateway.auth.throttle.LoginThrottle`) is asked
+whether the name as typed, the client address or the pair of them is locked out after too many
+failures; if so the attempt is refused as ``locked`` without asking the directory, so a guess made
+during a lockout is worthless even when right.
+
+Every failure waits before returning -- ``failure_delay_s``, doubled with each recent failure of
+the name from that address or of the address (the throttle's rule), the same for every reason --
+and the reason (:attr:`AuthOutcome.reason`) is for logs and metrics only: clients get one generic
+answer.
 Directory and OTP checks block (LDAP, scrypt, vault file) and run in ``asyncio.to_thread``.
 """
 
@@ -32,7 +39,10 @@ from typing import Callable
 
 from gateway.auth.directory import Directory, DirectoryUnavailable, Person
 from gateway.auth.otp import OtpResult, OtpVerifier
+from gateway.auth.throttle import LoginThrottle
 from gateway.auth.trust import TrustWindow
+from gateway.config import BruteForceConfig
+from gateway.metrics import LOGIN_FAILURES
 from gateway.secret import Secret
 
 __all__ = ["Authenticator", "AuthOutcome", "REASONS", "split_credential"]
@@ -49,6 +59,7 @@ REASONS = frozenset(
         "no_otp_enrolled",
         "malformed",
         "directory_unavailable",
+        "locked",  # a brute-force lockout: refused without asking the directory
     }
 )
 MAX_USERNAME = 256
@@ -87,21 +98,37 @@ class Authenticator:
         trust: TrustWindow,
         failure_delay_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.directory = directory
         self.otp = otp
         self.trust = trust
         self.failure_delay_s = failure_delay_s
         self.clock = clock
+        # without one: the default limits, counted in this process's memory
+        self.throttle = throttle or LoginThrottle(BruteForceConfig(), failure_delay_s, clock=clock)
 
-    async def authenticate(self, username: str, credential: Secret) -> AuthOutcome:
-        """Check ``credential`` (password followed by the OTP code) for ``username``."""
-        outcome = await self._decide(username, credential)
+    async def authenticate(self, username: str, credential: Secret, *, client_ip: str = "", protocol: str = "",
+                           session_id: str = "") -> AuthOutcome:
+        """Check ``credential`` (password followed by the OTP code) for ``username`` logging in
+        from ``client_ip``; ``protocol`` and ``session_id`` go into a lockout's audit row."""
+        admission = await self.throttle.admit(username, client_ip)
+        if admission.locked:
+            outcome = AuthOutcome(None, "locked")
+        else:
+            outcome = await self._decide(username, credential)
         if outcome.person is None:
             log.info("login refused for %r: %s", username, outcome.reason)
-            await asyncio.sleep(self.failure_delay_s)
+            LOGIN_FAILURES.labels(outcome.reason).inc()
+            if admission.locked or outcome.reason == "directory_unavailable":
+                delay = self.throttle.delay(admission.failures)  # nothing was tested: not counted
+            else:
+                delay = await self.throttle.failed(username, client_ip, credential, protocol=protocol,
+                                                   session_id=session_id)
+            await asyncio.sleep(delay)
         else:
             log.info("login accepted for %r: %s", outcome.person.username, outcome.reason)
+            await self.throttle.succeeded(username, client_ip)
         return outcome
 
     async def _decide(self, username: str, credential: Secret) -> AuthOutcome:

@@ -116,7 +116,8 @@ class PreauthVerbs:
         self._login_tag = tag
         self._attempted_user = login.partition("#")[0][:128]
         self._set_state(SessionState.AUTHENTICATING)
-        return [act.Login(LoginRequest(login, credential, self.client_ip, "imap", mailbox_hint))]
+        return [act.Login(LoginRequest(login, credential, self.client_ip, "imap", mailbox_hint,
+                                       session_id=self.session_id))]
 
 
 #: The verbs the gateway answers itself before login (``Handling.GATEWAY`` in the command table).

@@ -108,7 +108,7 @@ class SubmissionHandler:
             return None  # the client aborted or sent bad base64: aiosmtpd has answered
         authzid, login, password = creds
         request = LoginRequest(login=login, credential=Secret(password), client_ip=_peer_ip(session) or "",
-                               protocol="smtp", mailbox_hint=authzid or None)
+                               protocol="smtp", mailbox_hint=authzid or None, session_id=_session_id(session))
         result = await self.services.login_service.login(request)
         if not result.ok:
             action = Action.UPSTREAM_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else Action.LOGIN_FAILED
