@@ -2,8 +2,8 @@
 
 Construction order follows the dependencies: vault (secrets) → directory (may need the LDAP
 service password from the vault) → OTP and trust windows → audit chain key, store and sink →
-login-failure counters (next to the audit store) → authenticator → policy → login service → IMAP
-front → SMTP front → receipt watchers.
+revocations (next to the audit store) → authenticator → policy → login service → IMAP front →
+SMTP front → receipt watchers → access control (revoke, kick, re-validation) → admin channel.
 ``Gateway.start``/``stop`` bracket the listeners and the watchers and flush the audit sink, so a
 clean stop loses no event.
 """
@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from collections.abc import Callable
 from importlib import metadata
 
+from gateway.access_control import AccessControl
+from gateway.admin.server import AdminServer
+from gateway.admin.verbs import admin_verbs
 from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 from gateway.audit.setup import build_sink, open_trail
 from gateway.auth.attempts import open_attempt_store
@@ -28,10 +32,12 @@ from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
 from gateway.mailbox_credentials import MailboxCredentials
-from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP
+from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP, LIVE_SESSIONS
+from gateway.revocations import Revocations, open_revocation_store
 from gateway.sends.store import open_send_store
 from gateway.sends.watcher import ReceiptWatchers
 from gateway.smtp_proxy.server import SmtpFront
+from gateway.secret import Secret
 from gateway.vault import Vault, VaultError, otp_key
 from policy import PolicyError
 
@@ -90,6 +96,19 @@ def build_directory(config: GatewayConfig, vault: Vault):
     return LdapDirectory(settings)
 
 
+def admin_token(config: GatewayConfig, vault: Vault) -> Secret | None:
+    """The admin TCP listener's token from the vault, created at the first start; None without
+    a TCP listener (the unix socket relies on file permissions)."""
+    if config.admin.listen_port is None:
+        return None
+    token = vault.get(config.admin.token_vault_key)
+    if token is None:
+        token = Secret(secrets.token_urlsafe(32))
+        vault.set(config.admin.token_vault_key, token)
+        log.info("created the admin token in the vault as %r", config.admin.token_vault_key)
+    return token
+
+
 class Gateway:
     """A configured gateway: call :meth:`start`, then :meth:`serve_forever` or :meth:`stop`."""
 
@@ -100,18 +119,20 @@ class Gateway:
         otp = OtpVerifier(lambda user: self.vault.get(otp_key(user)), digits=config.auth.otp_digits)
         self.trust = TrustWindow(config.auth.trust_window_s)
         # The audit store: opened now, so a gateway that cannot record refuses to start (and the
-        # tables kept next to it -- login failures, sends -- find their file or schema there).
+        # tables kept next to it -- revocations, sends -- find their file or schema there).
         self.audit_store = open_trail(config, self.vault)
         self.audit = build_sink(config, self.audit_store)  # .emit(), .accepting, .depth
         AUDIT_QUEUE_DEPTH.set_function(lambda: self.audit.depth)
         AUDIT_ACCEPTING.set(1)
         AUDIT_STORE_UP.labels(config.audit.store).set(1)
+        # a revoked person is refused by the authenticator itself
+        self.revocations = Revocations(open_revocation_store(config, self.vault))
         # brute-force counters, next to the audit trail (shared by the instances on PostgreSQL)
         self.attempts = open_attempt_store(config, self.vault)
         self.throttle = LoginThrottle(config.auth.brute_force, config.auth.failure_delay_s, store=self.attempts,
                                       on_lockout=self._audit_lockout)
         self.authenticator = Authenticator(directory, otp, self.trust, config.auth.failure_delay_s,
-                                           throttle=self.throttle)
+                                           revoked=self.revocations.is_revoked, throttle=self.throttle)
         self.policy = open_policy(config)
         self.login_service = LoginService(self.authenticator, self.policy, config.mailboxes)
         self.sends = open_send_store(config, self.vault)  # next to the audit trail
@@ -119,11 +140,20 @@ class Gateway:
         self.credentials = MailboxCredentials(self.vault, config.mailboxes)
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version(), sends=self.sends,
-                                 credentials=self.credentials)
+                                 credentials=self.credentials, is_revoked=self.revocations.is_revoked)
+        for protocol in ("imap", "smtp"):
+            LIVE_SESSIONS.labels(protocol).set_function(
+                lambda p=protocol: sum(1 for s in self.services.live if s.protocol == p))
+        self.access = AccessControl(
+            registry=self.services.live, revocations=self.revocations, trust=self.trust, directory=directory,
+            policy=self.policy, mailboxes=config.mailboxes, audit=self.audit,
+            revalidate_s=config.admin.revalidate_s, revocation_poll_s=config.admin.revocation_poll_s)
         self.imap = ImapFront(self.services)
         self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
         # one provider session per sending mailbox, linking its receipts to the sends
         self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit, credentials=self.credentials)
+        self.admin = AdminServer(config.admin, admin_verbs(self), token=admin_token(config, self.vault))
+        self._access_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -131,14 +161,21 @@ class Gateway:
         await self.imap.start()
         await self.smtp.start()
         self.watchers.start()
+        self._access_task = asyncio.get_running_loop().create_task(self.access.run())
+        await self.admin.start()
 
     async def stop(self) -> None:
+        await self.admin.stop()
+        if self._access_task is not None:
+            self._access_task.cancel()
+            await asyncio.gather(self._access_task, return_exceptions=True)
         await self.watchers.stop()  # before the audit sink closes: their last rows go in
         await self.smtp.stop()
         await self.imap.stop()
         await self.audit.close()
         self.audit_store.close()
         self.sends.close()
+        self.revocations.store.close()
         self.attempts.close()
         self._stopped.set()
 

@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parsers(sub, with_config)
 
+    from gateway.admin_cli import add_parsers as add_admin_parsers
+
+    add_admin_parsers(sub, with_config)
+
     from gateway.sends.cli import add_parser as add_sends_parser
 
     add_sends_parser(sub, with_config)

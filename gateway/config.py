@@ -8,6 +8,7 @@ config only names the vault entries.  See ``config/gateway.example.toml`` for ev
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,20 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin channel (gateway/admin/): a unix socket, and optionally a loopback TCP port."""
+
+    socket: Path | None  # default admin.sock next to the vault; socket = "" turns it off
+    socket_mode: int = 0o600
+    socket_group: str | None = None
+    listen_host: str | None = None  # loopback only; needs the token from the vault
+    listen_port: int | None = None
+    token_vault_key: str = "admin/token"
+    revalidate_s: float = 60.0  # ask the directory about every live session this often
+    revocation_poll_s: float = 2.0  # re-read revocations made by other instances this often
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     imap: ImapConfig
@@ -186,6 +201,7 @@ class GatewayConfig:
     log_level: str = "INFO"
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
     smtp: SmtpConfig | None = None  # None: no submission front
+    admin: AdminConfig | None = None  # always set by parse_config
 
 
 # ------------------------------------------------------------------------------------------
@@ -465,6 +481,46 @@ def _audit(t: _Table, vault: VaultConfig) -> AuditConfig:
     return cfg
 
 
+def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
+    import ipaddress
+
+    if t.data.get("socket") == "":
+        t._used.add("socket")
+        sock = None
+    else:
+        sock = t.path("socket", vault.path.parent / "admin.sock")
+    if sock is not None and len(os.fsencode(sock)) > 107:  # sun_path is 108 octets on Linux
+        raise t.error("socket", f"{sock} is too long for a unix socket (at most 107 octets); "
+                                "choose a shorter path, e.g. /run/pecgw/admin.sock")
+    mode_text = t.str("socket_mode", "0600")
+    if not (len(mode_text) == 4 and mode_text[0] == "0" and all(c in "01234567" for c in mode_text)):
+        raise t.error("socket_mode", f"{mode_text!r} is not an octal mode such as \"0600\" or \"0660\"")
+    mode = int(mode_text, 8)
+    if mode & 0o007:
+        raise t.error("socket_mode", "must give nothing to others (the admin socket can revoke anyone)")
+    listen = t.str("listen")
+    host = port = None
+    if listen:
+        parsed = _listener(listen, t, "listen", "plain")
+        try:
+            loopback = ipaddress.ip_address(parsed.host).is_loopback
+        except ValueError:
+            loopback = parsed.host == "localhost"
+        if not loopback:
+            raise t.error("listen", f"{parsed.host} is not a loopback address: the admin channel is never "
+                                    "open to the network (reach it over SSH instead)")
+        host, port = parsed.host, parsed.port
+    cfg = AdminConfig(socket=sock, socket_mode=mode, socket_group=t.str("socket_group"), listen_host=host,
+                      listen_port=port, token_vault_key=t.str("token_vault_key", "admin/token"),
+                      revalidate_s=t.float("revalidate_interval", 60.0, minimum=1.0),
+                      revocation_poll_s=t.float("revocation_poll", 2.0, minimum=0.1))
+    if cfg.socket is None and cfg.listen_port is None:
+        raise t.error("socket", "the admin channel needs a socket or a listen address (pecgw revoke, "
+                                "sessions and kick use it)")
+    t.done()
+    return cfg
+
+
 def parse_config(data: dict, source: Path) -> GatewayConfig:
     """Build a :class:`GatewayConfig` from parsed TOML; raises :class:`ConfigError`."""
     root = _Table(data, source, "")
@@ -508,10 +564,11 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     pid_file = root.path("pid_file", vault.path.parent / "pecgw.pid")
     smtp_t = root.table("smtp")
     smtp = _smtp(smtp_t, imap) if smtp_t is not None else None
+    admin = _admin(root.table("admin") or _Table({}, source, "admin"), vault)
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
                          policy_file=policy_file, mailboxes=mailboxes, pid_file=pid_file,
-                         log_level=log_level, demo=demo, smtp=smtp)
+                         log_level=log_level, demo=demo, smtp=smtp, admin=admin)
 
 
 def load_config(path: Path | str) -> GatewayConfig:

@@ -27,6 +27,13 @@ AUDIT_SPOOLED_ROWS = Counter("pecgw_audit_spooled_rows_total", "Audit rows writt
                              "store failed (replayed into the store when it recovers)")
 AUDIT_QUEUE_DEPTH = Gauge("pecgw_audit_queue_depth", "Audit rows accepted and not yet in the store or the spool")
 
+# -- access lifecycle (gateway/access_control.py)
+SESSIONS_ENDED = Counter("pecgw_sessions_ended_total", "Live sessions the gateway ended: revoked, kicked, "
+                         "disabled in the directory, access withdrawn", ["reason"])
+REVALIDATION_FAILURES = Counter("pecgw_session_revalidation_failures_total", "Periodic re-validations of live "
+                                "sessions that could not ask the directory (the sessions were kept)")
+LIVE_SESSIONS = Gauge("pecgw_live_sessions", "Logged-in client sessions", ["protocol"])
+
 # -- mailbox passwords (gateway/mailbox_credentials.py)
 MAILBOX_PASSWORD_REFUSED = Gauge(
     "pecgw_mailbox_password_refused", "1 while the PEC provider refuses the mailbox password kept in the vault (no "

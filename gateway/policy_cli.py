@@ -8,10 +8,12 @@ does not configure is an error here too, and the person's groups for ``explain``
 from the configured directory.  A bare policy file is checked on its own, and ``explain`` then
 needs the groups on the command line (``--groups``).
 
-``reload`` validates exactly as ``check`` does and only then sends SIGHUP to the gateway named
-by the pid file, so a broken file is reported at the terminal instead of in the gateway's log,
-and the running gateway keeps its current policy.  The gateway loads the file again itself (it
-may have changed in between) and logs ``policy reloaded from ...`` or why it refused.
+``reload`` validates exactly as ``check`` does and only then asks the running gateway to
+reload, so a broken file is reported at the terminal instead of in the gateway's log, and the
+running gateway keeps its current policy.  It asks over the admin channel, which answers with
+the outcome (the gateway loads the file again itself: it may have changed in between); when
+the channel cannot be reached it falls back to SIGHUP to the gateway named by the pid file,
+which logs ``policy reloaded from ...`` or why it refused.
 
 Nothing here prints a secret: the directory is asked with the service account from the vault,
 and only group names and the directory's error text (URL and failing step) are shown.
@@ -203,6 +205,14 @@ def cmd_reload(args) -> int:
     config = target.config
     if config is None:  # not reached: only a gateway configuration gets here
         raise CliError(f"{args.config} is not a gateway configuration")
+    from gateway.admin.client import AdminUnavailable, call
+
+    try:  # the admin channel answers with the outcome; SIGHUP (below) can only be sent
+        call(config, "reload")
+        print(f"the gateway reloaded {config.policy_file}")
+        return 0
+    except AdminUnavailable:
+        pass
     pid = running_gateway(config.pid_file)
     if pid is None:
         written = read_pid(config.pid_file)

@@ -25,6 +25,15 @@ CLIENTE = "cliente@example.com"
 
 @pytest.fixture
 def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
+    h = start_gateway(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider)
+    yield h
+    h.stop()
+
+
+def start_gateway(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider, *, prepare=None,
+                  **extra_tables) -> GatewayHarness:
+    """The gateway of these tests (legale sends, acquisti reads), plus ``extra_tables``;
+    ``prepare(harness)`` runs just before it starts (e.g. to put more into its vault)."""
     h = GatewayHarness(tmp_path / "gw", pki)
     h.vault.set("ldap/bind", Secret(slapd.service_password))
     h.vault.set("mailbox/protocollo", Secret(pec_mailbox.password))
@@ -46,10 +55,11 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
                      "server_name": "localhost", "connect_timeout": 3, "max_recipients": 5,
                      "max_total_size": 200_000}}})
     tables["smtp"] = {"listen_tls": ["127.0.0.1:0"], "listen_starttls": ["127.0.0.1:0"], "timeout": 30}
-    h.start(tables)
+    if prepare is not None:
+        prepare(h)
+    h.start({**tables, **extra_tables})
     h.mailbox, h.provider = pec_mailbox, pec_provider
-    yield h
-    h.stop()
+    return h
 
 
 def client(gw, person: str = "alice", *, password: str | None = None) -> smtplib.SMTP_SSL:

@@ -30,6 +30,9 @@ class Action:
     SEND_RESULT = "send_result"  # the provider's answer to it (or "outcome unknown")
     SEND_DUPLICATE = "send_duplicate"  # a retry of a PEC already sent: answered, not sent again
     RECEIPT = "receipt"  # a provider receipt linked to a send by the receipt watcher (PEC.md section 4)
+    REVOKED = "revoked"  # IT revoked a person (pecgw revoke): detail names who did it
+    REVOCATION_LIFTED = "revocation_lifted"  # pecgw revoke --lift
+    SESSION_ENDED = "session_ended"  # the gateway ended a live session: kick, revocation, directory check
 
 
 class Decision:

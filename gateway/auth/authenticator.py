@@ -9,6 +9,7 @@ password field.  The steps:
 2. **always** ask the directory for the password (service search, then bind as the person), even
    inside a trust window -- so a password change or a disabled account takes effect at once, and
    so an unknown user, a wrong password and a wrong code all cost one directory round trip;
+   a person IT revoked (``pecgw revoke``) is refused here, after the password, as ``revoked``;
 3. if the whole credential is inside a trust window, the OTP step is satisfied (``trusted``);
 4. otherwise verify the code, replay-protected (``ok`` / ``bad_otp`` / ``otp_replay`` /
    ``no_otp_enrolled``); on ``ok`` open a trust window for this credential.
@@ -59,6 +60,7 @@ REASONS = frozenset(
         "no_otp_enrolled",
         "malformed",
         "directory_unavailable",
+        "revoked",
         "locked",  # a brute-force lockout: refused without asking the directory
     }
 )
@@ -98,6 +100,7 @@ class Authenticator:
         trust: TrustWindow,
         failure_delay_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        revoked: Callable[[str], bool] = lambda _person: False,
         throttle: LoginThrottle | None = None,
     ) -> None:
         self.directory = directory
@@ -105,6 +108,7 @@ class Authenticator:
         self.trust = trust
         self.failure_delay_s = failure_delay_s
         self.clock = clock
+        self.revoked = revoked  # people IT revoked (gateway.revocations): refused like a wrong password
         # without one: the default limits, counted in this process's memory
         self.throttle = throttle or LoginThrottle(BruteForceConfig(), failure_delay_s, clock=clock)
 
@@ -154,6 +158,8 @@ class Authenticator:
             return AuthOutcome(None, "directory_unavailable")
         if person is None:
             return AuthOutcome(None, "bad_password")
+        if self.revoked(person.username):  # after the password: a revoked leaver looks like a wrong one
+            return AuthOutcome(None, "revoked")
 
         if self.trust.is_trusted(person.username, credential, now):
             return AuthOutcome(person, "trusted")

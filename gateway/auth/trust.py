@@ -87,9 +87,12 @@ class TrustWindow:
         return found
 
     def forget(self, username: str) -> int:
-        """Drop all of ``username``'s windows (revocation); return how many there were."""
+        """Drop all of ``username``'s windows, whatever the case of the name (revocation, OTP
+        reset); return how many there were."""
+        wanted = username.casefold()
         with self._lock:
-            return len(self._entries.pop(username, ()))
+            names = [name for name in self._entries if name.casefold() == wanted]
+            return sum(len(self._entries.pop(name)) for name in names)
 
     def prune(self, now: float) -> None:
         """Drop every expired entry."""

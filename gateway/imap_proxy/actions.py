@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from gateway.audit.events import AuditEvent
 from gateway.login import LoginRequest
 
-__all__ = ["SendToClient", "SendToUpstream", "StartTls", "Login", "Audit", "Log", "Close"]
+__all__ = ["SendToClient", "SendToUpstream", "StartTls", "Login", "Audit", "Log", "Close", "CloseClient"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,9 @@ class Close:
     """Flush what was written, then close the client and provider connections."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class CloseClient:
+    """Flush what was written to the client, then close its connection only: the provider's
+    replies to audited commands still running are read for their audit rows (then ``Close``)."""

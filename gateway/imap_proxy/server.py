@@ -13,6 +13,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import GatewayConfig, ListenerConfig
@@ -20,6 +21,7 @@ from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.identity import IdentityCache
 from gateway.imap_proxy.session import ImapSession, SessionState
 from gateway.imap_proxy.upstream import UpstreamError, UpstreamSession, open_upstream
+from gateway.live_sessions import LiveSession, SessionRegistry
 from gateway.login import Failure, LoginResult
 from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.mailbox_credentials import REFUSED_REASON, MailboxCredentials, PasswordRefused
@@ -52,6 +54,8 @@ class Services:
     sessions: set = field(default_factory=set)
     identities: IdentityCache = field(default_factory=IdentityCache)  # message identities, all sessions
     sends: object = None  # gateway.sends.store.SendStore: the record of every PEC submitted
+    live: SessionRegistry = field(default_factory=SessionRegistry)  # logged-in sessions, IMAP and SMTP
+    is_revoked: Callable[[str], bool] = lambda _person: False  # gateway.revocations.Revocations.is_revoked
     # the vaulted mailbox passwords and which the provider refused: one for IMAP, SMTP and the watchers
     credentials: MailboxCredentials | None = None
 
@@ -122,6 +126,7 @@ class Connection:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self.s.sessions.discard(self)
+            self.s.live.discard(self.session.session_id)
 
     async def _read_client(self) -> bytes | None:
         """Read from the client; None after a timeout (the session has been told).
@@ -259,6 +264,8 @@ class Connection:
                 self.s.audit.emit(a.event)
             elif isinstance(a, act.Log):
                 log.warning("session %s: %s", self.session.session_id, a.message)
+            elif isinstance(a, act.CloseClient):
+                self._close_client()
             else:
                 break
             i += 1
@@ -266,8 +273,14 @@ class Connection:
             wrote_client |= self._write_client(to_client)
         return i, wrote_client, wrote_upstream
 
+    def _close_client(self) -> None:
+        """Close the client side only (see :class:`~gateway.imap_proxy.actions.CloseClient`)."""
+        if not self.writer.is_closing():
+            self.writer.close()
+            asyncio.get_running_loop().call_later(_CLOSE_GRACE_S, self.writer.transport.abort)
+
     def _write_client(self, parts: list[bytes]) -> bool:
-        written = not self._closed
+        written = not self._closed and not self.writer.is_closing()
         if written:
             self.writer.write(parts[0] if len(parts) == 1 else b"".join(parts))
         parts.clear()
@@ -315,6 +328,26 @@ class Connection:
         if result.ok and self.up is not None:
             # Bytes the provider sent meanwhile wait in the link; attach() hands them over first.
             self.up.link.attach(self._on_upstream_data, first=self.up.leftover)
+            self._register_live(result)
+
+    def _register_live(self, result: LoginResult) -> None:
+        """List the session for ``pecgw sessions`` / revoke / kick and the directory check."""
+        if self._closed:
+            return
+        self.s.live.add(LiveSession(
+            session_id=self.session.session_id, protocol="imap", person=result.person or "",
+            mailbox=result.mailbox or "", client_ip=self.session.client_ip, end=self.end_by_gateway,
+            describe=lambda: {"folder": self.session.selected_folder, "client": self.session.client_name}))
+        if self.s.is_revoked(result.person or ""):  # revoked while this login was being checked
+            self._spawn(self.end_by_gateway("revoked", "Your access to this PEC mailbox has been revoked"))
+
+    async def end_by_gateway(self, reason: str, text: str) -> None:
+        """End the session now (revoked, kicked, access withdrawn), even while it sits in IDLE."""
+        await self._perform(self.session.ended_by_gateway(text.encode("utf-8", "replace"), reason))
+        if not self._closed:  # the client had already left and its last replies are being read
+            return
+        if self.task is not None and self.task is not asyncio.current_task():
+            await asyncio.wait([self.task], timeout=_CLOSE_GRACE_S * 2)
 
     async def _open_upstream(self, result: LoginResult) -> tuple[LoginResult, list[str]]:
         mailbox = self.s.config.mailboxes[result.mailbox]

@@ -263,6 +263,29 @@ class ImapSession(PreauthVerbs):
             return []
         return self._count_out(self._bye(b"[UNAVAILABLE] Gateway shutting down", reason="shutdown"))
 
+    def ended_by_gateway(self, text: bytes, reason: str) -> list:
+        """IT or the directory check ended this session (revoked, kicked, access withdrawn): tell
+        the client why and close.  A client already gone while the last replies are read for the
+        audit is left to finish that."""
+        if self.state is SessionState.LOGOUT or self._draining is not None:
+            return []
+        if self.state is not SessionState.AUTHENTICATED or not self._audited_running():
+            return self._count_out(self._bye(text, reason=reason))
+        # A MOVE or an EXPUNGE is running at the provider: the client is told and cut off now,
+        # and the provider's replies are still read for the rows they make (as when a client leaves).
+        out = self._count_out([act.SendToClient(b"* BYE %s\r\n" % text), act.CloseClient()])
+        if self._held is not None:  # held for the gateway's own question: it never ran
+            self.inflight.answer(self._held.entry, b"")
+            self._held = None
+        self._draining = reason
+        return out + [act.Log(f"session ended ({reason}) with audited commands running; reading their replies")]
+
+    @property
+    def selected_folder(self) -> str | None:
+        """The folder the client has selected, by its human name (for ``pecgw sessions``)."""
+        wire = self._guard.selected if self._guard is not None else None
+        return None if wire is None else FolderAccess.human(wire)
+
     @property
     def reading_paused(self) -> bool:
         """True while the client must not be read.

@@ -34,6 +34,7 @@ from aiosmtpd.smtp import MISSING
 
 from gateway.audit.events import Action, AuditEvent, Decision, MessageRef, utc_now
 from gateway.config import MailboxConfig
+from gateway.live_sessions import LiveSession
 from gateway.login import Failure, LoginRequest, LoginResult
 from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.mailbox_credentials import REFUSED_REASON, PasswordRefused
@@ -50,6 +51,7 @@ __all__ = ["SubmissionHandler", "Sender"]
 
 log = logging.getLogger("pecgw.smtp")
 
+_CLOSE_GRACE_S = 1.0  # how long a client ended by the gateway gets to acknowledge TLS close_notify
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
 AUDIT_DOWN = "451 4.3.0 The audit trail cannot be written now; nothing was sent, try again later"
@@ -78,6 +80,7 @@ class SubmissionHandler:
 
     def __init__(self, services) -> None:
         self.services = services
+        self._ending: set[asyncio.Task] = set()  # sessions being ended (kept referenced until done)
 
     # ------------------------------------------------------------------ audit
     def _audit(self, session, action: str, decision: str, *, sender: Sender | None = None, reason: str | None = None,
@@ -125,6 +128,7 @@ class SubmissionHandler:
         session.authenticated, session.auth_data = True, sender
         self._audit(session, Action.LOGIN, Decision.ALLOW, sender=sender, reason=result.reason,
                     detail={"mechanism": mechanism})
+        self._register_live(server, session, sender)
         return "235 2.7.0 Authentication successful"
 
     # ------------------------------------------------------------------ the transaction
@@ -301,11 +305,34 @@ class SubmissionHandler:
         await self.closed(session)
         return "221 2.0.0 Bye"
 
+    def _register_live(self, server, session, sender: Sender) -> None:
+        """List the connection for ``pecgw sessions`` / revoke / kick and the directory check."""
+        async def end(reason: str, text: str) -> None:
+            # 421 (RFC 5321 §3.8): the service closes the channel.  A DATA being relayed runs
+            # to its end (handle_DATA shields it), so its record and audit rows stay whole.
+            self.services.live.discard(sender.session_id)
+            transport = server.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(f"421 4.7.0 {text}\r\n".encode("utf-8", "replace"))
+                transport.close()
+                # TLS waits for the client's close_notify, which a client may never send
+                server.loop.call_later(_CLOSE_GRACE_S, transport.abort)
+
+        self.services.live.add(LiveSession(
+            session_id=sender.session_id, protocol="smtp", person=sender.person or "",
+            mailbox=sender.mailbox.name, client_ip=sender.client_ip, end=end,
+            describe=lambda: {"client": session.host_name}))
+        if self.services.is_revoked(sender.person or ""):  # revoked while this AUTH was being checked
+            task = server.loop.create_task(end("revoked", "Your access to this PEC mailbox has been revoked"))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
     async def closed(self, session) -> None:
         """The client connection ended (QUIT or lost): close the provider connection."""
         sender = session.auth_data
         if not isinstance(sender, Sender):
             return
+        self.services.live.discard(sender.session_id)
         if sender.sending is not None and not sender.sending.done():
             await asyncio.wait([sender.sending])  # the provider connection is still needed for it
         if sender.provider is not None:

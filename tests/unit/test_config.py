@@ -98,3 +98,31 @@ def test_bad_toml_names_the_file(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_admin_channel_defaults_to_a_private_socket_beside_the_vault(tmp_path):
+    cfg = parse_config(minimal(), tmp_path / "gw.toml").admin
+    assert cfg.socket == tmp_path / "admin.sock" and cfg.socket_mode == 0o600
+    assert (cfg.listen_host, cfg.listen_port) == (None, None)
+    assert (cfg.revalidate_s, cfg.revocation_poll_s) == (60.0, 2.0)
+    tcp = parse_config(minimal(admin={"socket": "", "listen": "127.0.0.1:9900", "socket_mode": "0660"}),
+                       tmp_path / "gw.toml").admin
+    assert (tcp.socket, tcp.listen_host, tcp.listen_port, tcp.socket_mode) == (None, "127.0.0.1", 9900, 0o660)
+    assert parse_config(minimal(admin={"listen": "[::1]:9900"}), tmp_path / "gw.toml").admin.listen_host == "::1"
+
+
+@pytest.mark.parametrize("admin, message", [
+    ({"listen": "0.0.0.0:9900"}, "0.0.0.0 is not a loopback address"),
+    ({"listen": "192.0.2.7:9900"}, "192.0.2.7 is not a loopback address"),
+    ({"listen": "9900"}, "'9900' is not host:port"),
+    ({"socket_mode": "0666"}, "must give nothing to others"),
+    ({"socket_mode": "600"}, "is not an octal mode"),
+    ({"socket": "/tmp/" + "x" * 120}, "too long for a unix socket"),
+    ({"socket": ""}, "needs a socket or a listen address"),
+    ({"revalidate_interval": 0}, "revalidate_interval"),
+    ({"sockets": "/tmp/a"}, "sockets"),
+])
+def test_admin_channel_is_never_open_to_the_network(tmp_path, admin, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(admin=admin), tmp_path / "gw.toml")
+    assert info.value.key.startswith("admin.") and message in str(info.value)

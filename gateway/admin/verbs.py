@@ -1,0 +1,55 @@
+"""The admin verbs of a running gateway: what each ``pecgw`` command asks of it.
+
+Each verb is ``async (args, operator) -> JSON-ready result``; bad arguments raise
+:class:`~gateway.admin.server.AdminError` with a line for the operator.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.admin.server import AdminError, Handler
+
+__all__ = ["admin_verbs"]
+
+
+def _name(args: dict, key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+        raise AdminError(f"{key}: a name is required")
+    return value
+
+
+def admin_verbs(gateway) -> dict[str, Handler]:
+    """The verbs, bound to ``gateway`` (a :class:`gateway.app.Gateway`)."""
+    access = gateway.access
+
+    async def ping(args: dict, operator: str) -> dict:
+        return {"pid": os.getpid(), "version": gateway.services.version, "sessions": len(gateway.services.live)}
+
+    async def sessions(args: dict, operator: str) -> list[dict]:
+        return sorted((s.as_dict() for s in gateway.services.live), key=lambda d: (d["since"], d["session"]))
+
+    async def revoke(args: dict, operator: str) -> dict:
+        reason = args.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise AdminError("reason: at most 500 characters of text")
+        return await access.revoke(_name(args, "person"), by=operator, reason=reason or None)
+
+    async def lift(args: dict, operator: str) -> dict:
+        return await access.lift(_name(args, "person"), by=operator)
+
+    async def revocations(args: dict, operator: str) -> list[dict]:
+        return access.revoked_people()
+
+    async def kick(args: dict, operator: str) -> dict:
+        return await access.kick(_name(args, "session"), by=operator)
+
+    async def reload(args: dict, operator: str) -> dict:
+        error = gateway.reload()
+        if error is not None:
+            raise AdminError(f"the policy was not reloaded (the one in force stays): {error}")
+        return {"policy": str(gateway.config.policy_file)}
+
+    return {"ping": ping, "sessions": sessions, "revoke": revoke, "lift": lift, "revocations": revocations,
+            "kick": kick, "reload": reload}
