@@ -90,7 +90,7 @@ def build_directory(config: GatewayConfig, vault: Vault):
             group_base=ldap.group_base, user_filter=ldap.user_filter, group_filter=ldap.group_filter,
             group_name_attribute=ldap.group_name_attribute, display_name_attribute=ldap.display_name_attribute,
             disabled_filter=ldap.disabled_filter, ca_file=ldap.ca_file, start_tls=ldap.start_tls,
-            timeout=ldap.timeout_s)
+            timeout=ldap.timeout_s, username_attribute=ldap.username_attribute)
     except (ValueError, TypeError) as exc:
         raise ConfigError(config.source, "auth.ldap", str(exc)) from None
     return LdapDirectory(settings)

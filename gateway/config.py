@@ -123,6 +123,7 @@ class LdapConfig:
     ca_file: Path | None = None
     start_tls: bool = False
     timeout_s: float = 5.0
+    username_attribute: str = "uid"  # the canonical login name (AD: sAMAccountName or userPrincipalName)
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,7 @@ def _ldap(t: _Table) -> LdapConfig:
         ca_file=t.path("ca_file"),
         start_tls=t.bool("start_tls", False),
         timeout_s=t.float("timeout", 5.0, minimum=0.1),
+        username_attribute=t.str("username_attribute", d.username_attribute),
     )
     if "{username}" not in cfg.user_filter:
         raise t.error("user_filter", "must contain {username}")
