@@ -179,6 +179,51 @@ def cmd_otp_enroll(args) -> int:
     if args.png:
         written = png_qr(uri, Path(args.png))
         print(f"QR code written to {written}")
+    _otp_changed(config, args.user, "enrolled")
+    return 0
+
+
+def _otp_changed(config: GatewayConfig, user: str, change: str) -> None:
+    """Tell the running gateway (audit row, old trust windows dropped), or write the row here."""
+    from gateway.admin.client import AdminUnavailable, call, local_operator
+
+    try:
+        call(config, "otp-changed", person=user, change=change)
+    except AdminUnavailable:
+        from gateway.admin_cli import append_admin_row
+        from gateway.audit.events import Action
+
+        append_admin_row(config, Action.OTP_ENROLLED if change == "enrolled" else Action.OTP_RESET, user,
+                         by=local_operator(), detail={"gateway_running": False})
+
+
+def cmd_otp_reset(args) -> int:
+    from gateway.app import open_vault
+    from gateway.vault import otp_key
+
+    config = _config(args)
+    if not open_vault(config).delete(otp_key(args.user)):
+        raise CliError(f"{args.user} has no OTP secret; nothing was changed")
+    _otp_changed(config, args.user, "reset")
+    print(f"removed the OTP secret of {args.user}: their logins are refused (and saved credentials stop "
+          f"working) until 'pecgw otp enroll {args.user}'")
+    return 0
+
+
+def cmd_otp_status(args) -> int:
+    from gateway.app import open_vault
+    from gateway.vault import OTP_PREFIX
+
+    config = _config(args)
+    enrolled = sorted(name[len(OTP_PREFIX):] for name in open_vault(config).names() if name.startswith(OTP_PREFIX))
+    if args.user:
+        found = [u for u in enrolled if u == args.user]
+        print(f"{args.user}: {'enrolled' if found else 'not enrolled'}")
+        return 0 if found else 1
+    for user in enrolled:
+        print(f"{user}: enrolled")
+    if not enrolled:
+        print("nobody is enrolled")
     return 0
 
 
@@ -252,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     oe.add_argument("--png", help="also write the QR code to this file")
     oe.add_argument("--force", action="store_true", help="replace an existing secret")
     oe.set_defaults(func=cmd_otp_enroll)
+    orr = with_config(otp.add_parser("reset", help="remove a person's TOTP secret (lost phone); they enrol again"))
+    orr.add_argument("user")
+    orr.set_defaults(func=cmd_otp_reset)
+    ost = with_config(otp.add_parser("status", help="who has a TOTP secret (exit 1 when USER has none)"))
+    ost.add_argument("user", nargs="?")
+    ost.set_defaults(func=cmd_otp_status)
     oc = with_config(otp.add_parser("code", help="print the current code (demo configurations only)"),
                      default=str(DEMO_CONFIG))
     oc.add_argument("user")

@@ -55,6 +55,7 @@ __all__ = [
     "create_key_file",
     "mailbox_key",
     "otp_key",
+    "OTP_PREFIX",
     "DEFAULT_KEY_ENV",
 ]
 
@@ -100,9 +101,12 @@ def mailbox_key(mailbox: str) -> str:
     return "mailbox/" + _check_part(mailbox, "mailbox")
 
 
+OTP_PREFIX = "otp/"
+
+
 def otp_key(user: str) -> str:
     """Vault name of a person's TOTP secret: ``otp/<user>``."""
-    return "otp/" + _check_part(user, "user")
+    return OTP_PREFIX + _check_part(user, "user")
 
 
 def _check_part(value: str, what: str) -> str:

@@ -251,9 +251,27 @@ def test_admin_socket_is_private_and_refuses_garbage(gw):
             data += s.recv(4096)
     bad, unknown, ping = (json.loads(line) for line in data.splitlines())
     assert bad["ok"] is False and bad["error"].startswith("not a JSON line")
-    assert unknown == {"ok": False, "error": "unknown verb 'nosuch' (known: kick, lift, ping, reload, "
-                                             "revocations, revoke, sessions)"}
+    assert unknown == {"ok": False, "error": "unknown verb 'nosuch' (known: kick, lift, otp-changed, ping, "
+                                             "reload, revocations, revoke, sessions)"}
     assert ping["ok"] is True and ping["result"]["pid"] == os.getpid()
+
+
+def test_otp_reset_on_a_running_gateway_ends_the_saved_credential(gw):
+    saved = gw.credential("carla", "carla-password")
+    first = gw.imap()
+    first.login("carla", saved)  # opens the trust window of this saved credential
+    first.logout()
+    reset = pecgw("otp", "reset", "carla", "--config", str(gw.config_path))
+    assert reset.returncode == 0, reset.stderr
+    again = gw.imap()
+    with pytest.raises(again.error, match="AUTHENTICATIONFAILED"):
+        again.login("carla", saved)
+    enrolled = pecgw("otp", "enroll", "carla", "--config", str(gw.config_path))
+    assert enrolled.returncode == 0, enrolled.stderr
+    (reset_row,) = rows(gw, "otp_reset")
+    (enrol_row,) = rows(gw, "otp_enrolled")
+    assert reset_row["detail"]["trust_windows_dropped"] == 1 and reset_row["detail"]["by"].endswith("(as it-mario)")
+    assert enrol_row["person"] == "carla"
 
 
 def test_a_revocation_reaches_the_sessions_of_another_instance(tmp_path, pki, slapd, dovecot, pec_mailbox,

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 
 from gateway.admin.server import AdminError, Handler
+from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 
 __all__ = ["admin_verbs"]
+
+_OTP_CHANGES = {"enrolled": Action.OTP_ENROLLED, "reset": Action.OTP_RESET}
 
 
 def _name(args: dict, key: str) -> str:
@@ -51,5 +54,16 @@ def admin_verbs(gateway) -> dict[str, Handler]:
             raise AdminError(f"the policy was not reloaded (the one in force stays): {error}")
         return {"policy": str(gateway.config.policy_file)}
 
+    async def otp_changed(args: dict, operator: str) -> dict:
+        """``pecgw otp enroll`` / ``reset`` changed the vault: audit it, drop old trust windows."""
+        person, change = _name(args, "person"), args.get("change")
+        if change not in _OTP_CHANGES:
+            raise AdminError(f"change: one of {', '.join(_OTP_CHANGES)}")
+        windows = gateway.trust.forget(person)
+        gateway.audit.emit(AuditEvent(when=utc_now(), session_id="admin", protocol="admin",
+                                      action=_OTP_CHANGES[change], decision=Decision.ALLOW, person=person,
+                                      detail={"by": operator, "trust_windows_dropped": windows}))
+        return {"person": person, "trust_windows_dropped": windows}
+
     return {"ping": ping, "sessions": sessions, "revoke": revoke, "lift": lift, "revocations": revocations,
-            "kick": kick, "reload": reload}
+            "kick": kick, "reload": reload, "otp-changed": otp_changed}

@@ -33,6 +33,8 @@ class Action:
     REVOKED = "revoked"  # IT revoked a person (pecgw revoke): detail names who did it
     REVOCATION_LIFTED = "revocation_lifted"  # pecgw revoke --lift
     SESSION_ENDED = "session_ended"  # the gateway ended a live session: kick, revocation, directory check
+    OTP_ENROLLED = "otp_enrolled"  # pecgw otp enroll gave the person a new TOTP secret
+    OTP_RESET = "otp_reset"  # pecgw otp reset removed it (the person must enrol again)
 
 
 class Decision:

@@ -1,6 +1,11 @@
-"""Revocations kept beside the audit trail (SQLite and the real PostgreSQL, shared by instances)."""
+"""Revocations kept beside the audit trail (SQLite and the real PostgreSQL, shared by instances),
+and the OTP lifecycle verbs run as the real CLI with no gateway running (their rows go straight
+into the audit store)."""
 
 from __future__ import annotations
+
+import json
+import stat
 
 from gateway.revocations import Revocations, open_revocation_store
 from tests.audit.conftest import Trail
@@ -34,3 +39,35 @@ def test_revocations_are_shared_by_instances_and_survive_reopening(backend, tmp_
     finally:
         reopened.store.close()
 
+
+def rows(trail: Trail, action: str) -> list[dict]:
+    out = trail.run("query", "--action", action, "--format", "jsonl")
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_otp_enroll_status_reset_are_audited(tmp_path):
+    trail = Trail(tmp_path)
+    trail.fill([])  # the gateway's first start: the chain key in the vault
+    env = {**trail.env, "SUDO_USER": "it-mario"}
+    trail.env = env
+    png = tmp_path / "alice.png"
+    enrolled = trail.pecgw("otp", "enroll", "alice", "--png", str(png))
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "otpauth://totp/" in enrolled.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(png.stat().st_mode) == 0o600  # the picture holds the secret
+    assert trail.pecgw("otp", "enroll", "alice").returncode == 2  # no silent replacement
+    status = trail.pecgw("otp", "status")
+    assert status.returncode == 0 and status.stdout == "alice: enrolled\n"
+    assert trail.pecgw("otp", "status", "bruno").returncode == 1
+    reset = trail.pecgw("otp", "reset", "alice")
+    assert reset.returncode == 0 and reset.stdout.startswith("removed the OTP secret of alice")
+    again = trail.pecgw("otp", "reset", "alice")
+    assert again.returncode == 2 and "alice has no OTP secret" in again.stderr
+    assert trail.pecgw("otp", "status").stdout == "nobody is enrolled\n"
+    (enrol_row,) = rows(trail, "otp_enrolled")
+    (reset_row,) = rows(trail, "otp_reset")
+    for row in (enrol_row, reset_row):
+        assert row["person"] == "alice" and row["protocol"] == "admin"
+        assert row["detail"]["by"].endswith("(as it-mario)")
+    assert trail.run("verify").returncode == 0  # the CLI's rows extend the chain properly
