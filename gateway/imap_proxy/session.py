@@ -269,14 +269,14 @@ class ImapSession(PreauthVerbs):
         audit is left to finish that."""
         if self.state is SessionState.LOGOUT or self._draining is not None:
             return []
+        if self._held is not None:  # held for the gateway's own question: it never runs now
+            self.inflight.answer(self._held.entry, b"")
+            self._held = None
         if self.state is not SessionState.AUTHENTICATED or not self._audited_running():
             return self._count_out(self._bye(text, reason=reason))
         # A MOVE or an EXPUNGE is running at the provider: the client is told and cut off now,
         # and the provider's replies are still read for the rows they make (as when a client leaves).
         out = self._count_out([act.SendToClient(b"* BYE %s\r\n" % text), act.CloseClient()])
-        if self._held is not None:  # held for the gateway's own question: it never ran
-            self.inflight.answer(self._held.entry, b"")
-            self._held = None
         self._draining = reason
         return out + [act.Log(f"session ended ({reason}) with audited commands running; reading their replies")]
 

@@ -35,3 +35,14 @@ def test_an_audited_command_running_keeps_its_rows_the_client_is_cut_off_at_once
     assert [(r[0], r[2]) for r in rows(done)] == [("expunge", 39), ("logout", None)]
     assert [a.event.reason for a in done if isinstance(a, act.Audit) and a.event.action == "logout"] == ["kicked"]
     assert any(isinstance(a, act.Close) for a in done)
+
+
+def test_a_command_held_for_the_gateways_question_is_dropped_and_the_session_ends_at_once():
+    """Was: an EXPUNGE held while the gateway's NOOP ran counted as "audited running", so the
+    session went draining with nothing left to finish it, and hung until the idle timeout."""
+    s = selected_lavoro(prime3())
+    s.client_data(b"x1 UID EXPUNGE 39\r\n")  # held: the gateway's NOOP goes first
+    out = s.ended_by_gateway(b"Session ended by the administrator", "kicked")
+    assert sent(out) == b"* BYE Session ended by the administrator\r\n"
+    assert any(isinstance(a, act.Close) for a in out) and not s.draining
+    assert [a.event.reason for a in out if isinstance(a, act.Audit) and a.event.action == "logout"] == ["kicked"]
