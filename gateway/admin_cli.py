@@ -4,6 +4,11 @@ They talk to the gateway's admin channel (:mod:`gateway.admin`).  ``revoke`` (an
 also works with no gateway running: the revocation is written to the store next to the audit
 trail, with its audit row, and applies from the next start (a running instance that the CLI
 could not reach picks it up within ``[admin] revocation_poll`` seconds).
+
+What the gateway reports is partly chosen by its clients (an SMTP client's EHLO name, an IMAP
+client's ID), so nothing it says reaches the terminal as it is: in tables every character that
+is not printable — escape sequences, bidi overrides — is shown as ``?``, and ``--json`` writes
+such characters as ``\\uXXXX`` escapes (the JSON still decodes to exactly what the gateway sent).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import datetime as _dt
 import json
 
 from gateway.admin.client import AdminUnavailable, call, local_operator
+from gateway.admin.verbs import MAX_REASON
 from gateway.cli_error import CliError
 from gateway.config import load_config
 
@@ -22,9 +28,28 @@ def _when(epoch: float) -> str:
     return _dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows])
+def _shown(value: object) -> str:
+    """``value`` as text that cannot drive the terminal: each non-printable character is ``?``."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(value))
+
+
+def _json_line(value: object) -> str:
+    """``value`` as one JSON line with every non-printable character as a ``\\u`` escape
+    (:func:`json.dumps` leaves DEL, C1 controls and bidi overrides raw)."""
+    return "".join(ch if ch.isprintable() else _u_escape(ord(ch)) for ch in json.dumps(value, ensure_ascii=False))
+
+
+def _u_escape(code: int) -> str:
+    if code > 0xFFFF:  # outside the BMP: a surrogate pair, as JSON spells it
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _table(rows: list[list[object]], header: list[str]) -> str:
+    cells = [[_shown(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def cmd_sessions(args) -> int:
@@ -37,7 +62,7 @@ def cmd_sessions(args) -> int:
         sessions = [s for s in sessions if s["person"].casefold() == args.person.casefold()]
     if args.json:
         for s in sessions:
-            print(json.dumps(s, ensure_ascii=False))
+            print(_json_line(s))
         return 0
     if not sessions:
         print("no live sessions")
@@ -131,6 +156,9 @@ def cmd_revoke(args) -> int:
         return 0
     if not args.person:
         raise CliError("name the person to revoke (or --list)")
+    if args.reason is not None and len(args.reason) > MAX_REASON:
+        raise CliError(f"--reason: at most {MAX_REASON} characters (this one has {len(args.reason)}); "
+                       "nothing was done")
     try:
         if args.lift:
             result = call(config, "lift", person=args.person)
@@ -154,7 +182,7 @@ def cmd_kick(args) -> int:
         raise CliError(str(exc)) from None
     if not result["found"]:
         raise CliError(f"no live session {args.session} (see 'pecgw sessions')")
-    print(f"ended session {args.session} of {result['person']}")
+    print(f"ended session {args.session} of {_shown(result['person'])}")
     return 0
 
 

@@ -169,6 +169,9 @@ def cmd_otp_enroll(args) -> int:
     key = otp_key(args.user)
     if vault.get(key) is not None and not args.force:
         raise CliError(f"{args.user} already has an OTP secret; use --force to replace it")
+    if args.png and Path(args.png).is_symlink():
+        raise CliError(f"--png: {args.png} is a symbolic link; the QR code holds the secret, so it is not "
+                       "written through one (remove the link or choose another path); nothing was changed")
     secret = OtpVerifier.enroll_secret()
     vault.set(key, secret)
     verifier = OtpVerifier(lambda _u: secret, digits=config.auth.otp_digits)
@@ -177,24 +180,51 @@ def cmd_otp_enroll(args) -> int:
     print(terminal_qr(uri))
     print(uri)
     if args.png:
-        written = png_qr(uri, Path(args.png))
-        print(f"QR code written to {written}")
+        print(f"QR code written to {_write_qr_file(uri, Path(args.png), png_qr)}")
     _otp_changed(config, args.user, "enrolled")
     return 0
 
 
-def _otp_changed(config: GatewayConfig, user: str, change: str) -> None:
-    """Tell the running gateway (audit row, old trust windows dropped), or write the row here."""
-    from gateway.admin.client import AdminUnavailable, call, local_operator
+def _write_qr_file(uri: str, path: Path, png_qr) -> Path:
+    """Write the QR code picture to ``path`` without ever following a link planted there.
 
+    The picture is made in a fresh private folder beside ``path`` and then renamed onto it:
+    a rename replaces a symbolic link instead of writing through it, so one planted after the
+    check in :func:`cmd_otp_enroll` (say in a shared /tmp) cannot make ``pecgw``, often run as
+    root, overwrite the file it points to."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=".pecgw-qr-", dir=path.parent))
+    try:
+        written = png_qr(uri, folder / path.name)
+        target = path.parent / written.name  # png_qr says what it wrote
+        os.replace(written, target)
+        return target
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _otp_changed(config: GatewayConfig, user: str, change: str) -> None:
+    """Tell the running gateway (audit row, old trust windows dropped), or write the row here.
+
+    The vault has already changed, so the change is audited even when a running gateway does
+    not answer; the operator is then told its trust windows for ``user`` may still be open."""
+    from gateway.admin.client import AdminUnavailable, call, local_operator
+    from gateway.admin_cli import append_admin_row
+    from gateway.audit.events import Action
+
+    action = Action.OTP_ENROLLED if change == "enrolled" else Action.OTP_RESET
     try:
         call(config, "otp-changed", person=user, change=change)
     except AdminUnavailable:
-        from gateway.admin_cli import append_admin_row
-        from gateway.audit.events import Action
-
-        append_admin_row(config, Action.OTP_ENROLLED if change == "enrolled" else Action.OTP_RESET, user,
-                         by=local_operator(), detail={"gateway_running": False})
+        append_admin_row(config, action, user, by=local_operator(), detail={"gateway_running": False})
+    except CliError as exc:
+        append_admin_row(config, action, user, by=local_operator(),
+                         detail={"gateway_running": True, "gateway_answered": False})
+        raise CliError(f"the OTP secret of {user} was {'stored' if change == 'enrolled' else 'removed'}, but "
+                       f"the running gateway did not confirm it ({exc}): trust windows it holds for {user} "
+                       "stay open until they expire or the gateway restarts") from None
 
 
 def cmd_otp_reset(args) -> int:
@@ -216,9 +246,10 @@ def cmd_otp_status(args) -> int:
 
     config = _config(args)
     enrolled = sorted(name[len(OTP_PREFIX):] for name in open_vault(config).names() if name.startswith(OTP_PREFIX))
-    if args.user:
-        found = [u for u in enrolled if u == args.user]
-        print(f"{args.user}: {'enrolled' if found else 'not enrolled'}")
+    if args.user:  # login names are case-insensitive (LDAP), so "Alice" is alice
+        found = [u for u in enrolled if u.casefold() == args.user.casefold()]
+        spelled = f" (as {', '.join(found)})" if found and found != [args.user] else ""
+        print(f"{args.user}: {'enrolled' + spelled if found else 'not enrolled'}")
         return 0 if found else 1
     for user in enrolled:
         print(f"{user}: enrolled")

@@ -244,16 +244,33 @@ def test_admin_socket_is_private_and_refuses_garbage(gw):
     assert mode == 0o600
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(gw.admin_socket))
-        s.sendall(b"not json\n{\"verb\": \"nosuch\"}\n{\"verb\": \"ping\"}\n")
+        s.sendall(b"not json\n" + b"[" * 5000 + b"]" * 5000 + b"\n{\"verb\": \"nosuch\"}\n{\"verb\": \"ping\"}\n")
         s.settimeout(5)
         data = b""
-        while data.count(b"\n") < 3:
+        while data.count(b"\n") < 4:
             data += s.recv(4096)
-    bad, unknown, ping = (json.loads(line) for line in data.splitlines())
+    bad, nested, unknown, ping = (json.loads(line) for line in data.splitlines())
     assert bad["ok"] is False and bad["error"].startswith("not a JSON line")
+    assert nested["ok"] is False and "recursion" in nested["error"]
     assert unknown == {"ok": False, "error": "unknown verb 'nosuch' (known: kick, lift, otp-changed, ping, "
                                              "reload, revocations, revoke, sessions)"}
     assert ping["ok"] is True and ping["result"]["pid"] == os.getpid()
+
+
+def test_a_client_name_cannot_drive_the_terminal_of_pecgw_sessions(gw):
+    ctx = ssl.create_default_context(cafile=str(gw.pki.ca_cert))
+    name = "x\x1b[2K\x1b[1A"  # would erase the row above it and the one before
+    with smtplib.SMTP_SSL("localhost", gw.smtp_ports["implicit"], context=ctx, timeout=20,
+                          local_hostname=name) as c:
+        c.login("alice", gw.credential("alice", "alice-password"))
+        table = pecgw("sessions", "--config", str(gw.config_path))
+        lines = pecgw("sessions", "--json", "--config", str(gw.config_path))
+    assert table.returncode == 0 and lines.returncode == 0, table.stderr + lines.stderr
+    for out in (table.stdout, lines.stdout):
+        assert "\x1b" not in out
+    (row,) = [r for r in table.stdout.splitlines() if " smtp " in r]
+    assert row.split()[6] == "x?[2K?[1A"
+    assert [json.loads(line)["client"] for line in lines.stdout.splitlines()] == [name]
 
 
 def test_otp_reset_on_a_running_gateway_ends_the_saved_credential(gw):

@@ -1,8 +1,12 @@
 """The CLI's side of the admin channel (:mod:`gateway.admin.server`): one blocking request.
 
 The unix socket is used when configured; otherwise the loopback TCP listener with the token from
-the vault.  :class:`AdminUnavailable` means no gateway answered (not running, or the socket is
-not reachable for this user): callers say so, or fall back to working on the stores directly.
+the vault.  :class:`AdminUnavailable` means no gateway is there to ask — no socket, nothing
+listening, not allowed to connect — and callers say so, or fall back to working on the stores
+directly.  It is raised only while connecting: once a gateway has accepted the connection it is
+running, so a timeout or a dropped connection after that is a :class:`CliError` ("the gateway
+did not answer"), never a reason to act as if it were stopped (``pecgw revoke`` would then
+write the revocation itself and report "no running gateway").
 """
 
 from __future__ import annotations
@@ -50,50 +54,59 @@ def local_operator() -> str:
 
 
 def _connect(config) -> tuple[socket.socket, str | None]:
+    """A connected socket and the token to send (TCP only); :class:`AdminUnavailable` when
+    nothing is there to connect to, :class:`CliError` when something is but does not accept."""
     admin = config.admin
     if admin.socket is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT_S)
-        try:
-            sock.connect(str(admin.socket))
-        except FileNotFoundError:
-            sock.close()
-            raise AdminUnavailable(f"no admin socket at {admin.socket}: is the gateway running?") from None
-        except PermissionError:
-            sock.close()
-            raise AdminUnavailable(f"not allowed to use the admin socket {admin.socket}: run this as the "
-                                   "gateway's user (or root)") from None
-        except OSError as exc:
-            sock.close()
-            raise AdminUnavailable(f"admin socket {admin.socket}: {exc.strerror or exc}") from None
-        return sock, None
-    if admin.listen_port is None:
+        where, token = f"the admin socket {admin.socket}", None
+    elif admin.listen_port is None:
         raise AdminUnavailable(f"{config.source}: [admin] has neither a socket nor a listener")
-    from gateway.app import open_vault
+    else:
+        from gateway.app import open_vault
 
-    token = open_vault(config).get(admin.token_vault_key)
-    if token is None:
-        raise AdminUnavailable(f"the vault has no admin token ({admin.token_vault_key!r}); the gateway "
-                               "creates it at its first start")
+        secret = open_vault(config).get(admin.token_vault_key)
+        if secret is None:
+            raise AdminUnavailable(f"the vault has no admin token ({admin.token_vault_key!r}); the gateway "
+                                   "creates it at its first start")
+        where, token = f"the admin listener {admin.listen_host}:{admin.listen_port}", secret.reveal()
     try:
-        sock = socket.create_connection((admin.listen_host, admin.listen_port), timeout=TIMEOUT_S)
-    except OSError as exc:
-        raise AdminUnavailable(f"admin listener {admin.listen_host}:{admin.listen_port}: "
-                               f"{exc.strerror or exc}: is the gateway running?") from None
-    return sock, token.reveal()
+        if admin.socket is None:
+            return socket.create_connection((admin.listen_host, admin.listen_port), timeout=TIMEOUT_S), token
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(TIMEOUT_S)
+            sock.connect(str(admin.socket))
+        except OSError:
+            sock.close()
+            raise
+        return sock, None
+    except (FileNotFoundError, NotADirectoryError):
+        raise AdminUnavailable(f"no admin socket at {admin.socket}: is the gateway running?") from None
+    except ConnectionRefusedError:
+        raise AdminUnavailable(f"nothing listens on {where} (connection refused): is the gateway running?") from None
+    except PermissionError:
+        raise AdminUnavailable(f"not allowed to use {where}: run this as the gateway's user (or root)") from None
+    except OSError as exc:  # a timeout, a full backlog (EAGAIN): something is there but does not accept
+        raise CliError(f"{where} did not accept the connection ({exc.strerror or exc}): the gateway may be "
+                       "running but overloaded; nothing was done") from None
 
 
 def call(config, verb: str, **args: Any) -> Any:
-    """Send one request and return its result; :class:`CliError` with the gateway's refusal."""
+    """Send one request and return its result; :class:`CliError` with the gateway's refusal, or
+    when the gateway did not answer."""
     sock, token = _connect(config)
-    request: dict[str, Any] = {"verb": verb, "args": args, "operator": claimed_operator()}
-    if token is not None:
-        request["token"] = token
     try:
-        sock.sendall(encode(request))
+        request: dict[str, Any] = {"verb": verb, "args": args, "operator": claimed_operator()}
+        if token is not None:
+            request["token"] = token
+        line = encode(request)
+        if len(line) - 1 > MAX_LINE:  # the newline aside; the gateway would refuse it unread
+            raise CliError(f"the request is too long for the admin channel ({len(line)} octets, at most "
+                           f"{MAX_LINE}); nothing was done")
+        sock.sendall(line)
         reply = _read_line(sock)
     except OSError as exc:
-        raise AdminUnavailable(f"the admin channel broke: {exc.strerror or exc}") from None
+        raise CliError(f"the gateway did not answer: {exc.strerror or exc}") from None
     finally:
         sock.close()
     try:
@@ -111,7 +124,7 @@ def _read_line(sock: socket.socket) -> bytes:
     while True:
         chunk = sock.recv(65536)
         if not chunk:
-            raise OSError("the gateway closed the connection without answering")
+            raise OSError("it closed the connection")
         chunks.append(chunk)
         size += len(chunk)
         if chunk.endswith(b"\n"):

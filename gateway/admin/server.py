@@ -14,6 +14,15 @@ open to the network:
 Each request is answered by a handler ``async (args, operator) -> result``; a handler's
 :class:`AdminError` becomes ``{"ok": false, "error": ...}``, any other exception a generic error
 (logged with its traceback), and the connection stays usable.
+
+Any local user can reach the TCP listener, so nothing a peer does may cost the gateway much:
+each listener serves at most :data:`MAX_CONNECTIONS` connections at once (more are answered one
+error line and closed; a listener of its own each, so a flood on TCP never locks IT out of the
+unix socket), the first request must arrive within :data:`FIRST_REQUEST_S` and later ones within
+:data:`IDLE_S`, a request over :data:`~gateway.admin.protocol.MAX_LINE` is answered "request too
+long" and closed, and on TCP a request without the right token is answered, logged once and
+closed.  :meth:`AdminServer.stop` lets requests being handled finish (a revoke's audit row
+included) before it ends the connections.
 """
 
 from __future__ import annotations
@@ -40,7 +49,11 @@ __all__ = ["AdminError", "AdminServer", "Handler"]
 log = logging.getLogger("pecgw.admin")
 
 Handler = Callable[[dict, str], Awaitable[Any]]
-_IDLE_S = 300.0  # an admin connection that says nothing for this long is closed
+MAX_CONNECTIONS = 16  # per listener; the CLI uses one connection per command
+FIRST_REQUEST_S = 10.0  # the CLI sends its request as soon as it is connected
+IDLE_S = 60.0  # between two requests on one connection
+STOP_GRACE_S = 5.0  # how long stop() lets requests being handled finish
+_DRAIN_S = 1.0  # input still read (and dropped) after a last answer, see _last_answer
 
 
 class AdminError(Exception):
@@ -70,14 +83,23 @@ def operator_name(seen: str, claimed: object) -> str:
 
 
 class AdminServer:
-    """Serves the admin verbs on the configured socket and listener."""
+    """Serves the admin verbs on the configured socket and listener.
 
-    def __init__(self, config, handlers: dict[str, Handler], token: Secret | None = None) -> None:
+    The limits are parameters so tests can make them short; the gateway uses the defaults."""
+
+    def __init__(self, config, handlers: dict[str, Handler], token: Secret | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS, first_request_s: float = FIRST_REQUEST_S,
+                 idle_s: float = IDLE_S, stop_grace_s: float = STOP_GRACE_S) -> None:
         self.config = config  # gateway.config.AdminConfig
         self.handlers = handlers
         self.token = token
+        self.max_connections, self.first_request_s, self.idle_s = max_connections, first_request_s, idle_s
+        self.stop_grace_s = stop_grace_s
         self._servers: list[asyncio.base_events.Server] = []
-        self._connections: set[asyncio.Task] = set()
+        self._open: dict[bool, set[asyncio.Task]] = {True: set(), False: set()}  # by unix or not
+        self._full_logged: dict[bool, bool] = {True: False, False: False}
+        self._busy: set[asyncio.Task] = set()  # connections handling a request right now
+        self._stopping = False
 
     async def start(self) -> None:
         cfg = self.config
@@ -87,7 +109,7 @@ class AdminServer:
             if self.token is None:
                 raise RuntimeError("the admin TCP listener needs a token")
             server = await asyncio.start_server(lambda r, w: self._serve(r, w, unix=False), cfg.listen_host,
-                                                cfg.listen_port)
+                                                cfg.listen_port, limit=MAX_LINE)
             self._servers.append(server)
             log.info("admin channel on %s:%d (token required)", cfg.listen_host,
                      server.sockets[0].getsockname()[1])
@@ -101,7 +123,8 @@ class AdminServer:
             path.unlink()  # left by a gateway that did not stop cleanly
         old = os.umask(0o177)  # no moment where the socket is open to others
         try:
-            server = await asyncio.start_unix_server(lambda r, w: self._serve(r, w, unix=True), path)
+            server = await asyncio.start_unix_server(lambda r, w: self._serve(r, w, unix=True), path,
+                                                     limit=MAX_LINE)
         finally:
             os.umask(old)
         if self.config.socket_group:
@@ -118,12 +141,20 @@ class AdminServer:
         return None
 
     async def stop(self) -> None:
+        """Stop accepting; let requests being handled finish (at most ``stop_grace_s``), so a
+        revoke that was persisted also gets its audit row; then end every connection."""
+        self._stopping = True
         for server in self._servers:
             server.close()
-        for task in list(self._connections):
+        connections = self._open[True] | self._open[False]
+        for task in connections - self._busy:
+            task.cancel()  # waiting for a request: nothing is lost
+        if self._busy:
+            await asyncio.wait(set(self._busy), timeout=self.stop_grace_s)
+        for task in connections:
             task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        if connections:
+            await asyncio.gather(*connections, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -133,54 +164,101 @@ class AdminServer:
 
     # ------------------------------------------------------------------ one connection
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, unix: bool) -> None:
-        task = asyncio.current_task()
-        self._connections.add(task)
-        seen = _peer_user(writer) if unix else "token"
+        task, open_ = asyncio.current_task(), self._open[unix]
         try:
-            while True:
-                async with asyncio.timeout(_IDLE_S):
-                    line = await reader.readuntil(b"\n")
-                if len(line) > MAX_LINE:
-                    writer.write(encode({"ok": False, "error": "request too long"}))
-                    break
-                writer.write(encode(await self._answer(line, seen, unix)))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, TimeoutError,
-                asyncio.CancelledError):
+            if self._stopping or len(open_) >= self.max_connections:
+                self._log_full(unix)
+                writer.write(encode({"ok": False, "error": "the gateway is stopping" if self._stopping else
+                                     "too many admin connections; try again shortly"}))
+                return  # closed at once: lingering here would let a flood hold file descriptors
+            open_.add(task)
+            await self._converse(reader, writer, unix)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.CancelledError):
             pass
+        except Exception:  # noqa: BLE001 - e.g. a result that is not JSON: this connection ends, not others
+            log.exception("admin channel: a connection failed")
         finally:
-            self._connections.discard(task)
+            open_.discard(task)
+            self._busy.discard(task)
+            if len(open_) < self.max_connections:
+                self._full_logged[unix] = False
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    async def _answer(self, line: bytes, seen: str, unix: bool) -> dict:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, unix: bool) -> None:
+        task, seen = asyncio.current_task(), _peer_user(writer) if unix else "token"
+        wait_s = self.first_request_s
+        while not self._stopping:
+            try:
+                async with asyncio.timeout(wait_s):
+                    line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:  # no newline within MAX_LINE octets
+                writer.write(encode({"ok": False, "error": "request too long"}))
+                await _last_answer(reader, writer)
+                return
+            wait_s = self.idle_s
+            self._busy.add(task)
+            answer, keep_open = await self._answer(line, seen, unix)
+            writer.write(encode(answer))
+            if not keep_open:
+                await _last_answer(reader, writer)
+                return
+            await writer.drain()
+            self._busy.discard(task)
+
+    async def _answer(self, line: bytes, seen: str, unix: bool) -> tuple[dict, bool]:
+        """The answer to one request line, and whether the connection stays open after it."""
         try:
             request = decode(line)
         except ProtocolError as exc:
-            return {"ok": False, "error": str(exc)}
+            if not unix:
+                log.warning("admin channel: a TCP client sent something that is not a request; closed")
+            return {"ok": False, "error": str(exc)}, unix
         if not unix and not self._token_ok(request.get("token")):
-            log.warning("admin channel: request with a wrong or missing token refused")
-            return {"ok": False, "error": "wrong or missing admin token"}
+            log.warning("admin channel: a TCP request with a wrong or missing token refused; closed")
+            return {"ok": False, "error": "wrong or missing admin token"}, False
         verb, args = request.get("verb"), request.get("args") or {}
         handler = self.handlers.get(verb) if isinstance(verb, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown verb {verb!r} (known: {', '.join(sorted(self.handlers))})"}
+            return {"ok": False, "error": f"unknown verb {verb!r} (known: {', '.join(sorted(self.handlers))})"}, True
         if not isinstance(args, dict):
-            return {"ok": False, "error": "args must be an object"}
+            return {"ok": False, "error": "args must be an object"}, True
         operator = operator_name(seen, request.get("operator"))
         try:
-            return {"ok": True, "result": await handler(args, operator)}
+            return {"ok": True, "result": await handler(args, operator)}, True
         except AdminError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": str(exc)}, True
         except Exception:  # noqa: BLE001 - one failed verb must not end the channel
             log.exception("admin verb %r failed", verb)
-            return {"ok": False, "error": f"{verb} failed inside the gateway; see its log"}
+            return {"ok": False, "error": f"{verb} failed inside the gateway; see its log"}, True
+
+    def _log_full(self, unix: bool) -> None:
+        """One warning each time a listener fills up, not one per refused connection."""
+        if not self._stopping and not self._full_logged[unix]:
+            self._full_logged[unix] = True
+            log.warning("admin channel: %d connections open on the %s; refusing more", self.max_connections,
+                        "unix socket" if unix else "TCP listener")
 
     def _token_ok(self, given: object) -> bool:
         if self.token is None or not isinstance(given, str):
             return False
         return hmac.compare_digest(given.encode("utf-8"), self.token.reveal_bytes())
+
+
+async def _last_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send the answer already written, then the end of the stream, before the connection closes.
+
+    What the client still sends is read and dropped for up to a second first: closing a socket
+    with unread input makes the kernel reset the connection, and the client could lose the
+    answer it has not read yet."""
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(_DRAIN_S):
+            while await reader.read(MAX_LINE):
+                pass
 
 
 async def _answers(path: Path) -> bool:

@@ -11,8 +11,9 @@ import os
 from gateway.admin.server import AdminError, Handler
 from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 
-__all__ = ["admin_verbs"]
+__all__ = ["MAX_REASON", "admin_verbs"]
 
+MAX_REASON = 500  # characters of a revocation's reason (the CLI checks it too, also with no gateway)
 _OTP_CHANGES = {"enrolled": Action.OTP_ENROLLED, "reset": Action.OTP_RESET}
 
 
@@ -35,8 +36,8 @@ def admin_verbs(gateway) -> dict[str, Handler]:
 
     async def revoke(args: dict, operator: str) -> dict:
         reason = args.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            raise AdminError("reason: at most 500 characters of text")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+            raise AdminError(f"reason: at most {MAX_REASON} characters of text")
         return await access.revoke(_name(args, "person"), by=operator, reason=reason or None)
 
     async def lift(args: dict, operator: str) -> dict:

@@ -152,7 +152,7 @@ def png_qr(uri: str, path: Path) -> Path:
 
     path = Path(path)
     image = _qr(uri).make_image(image_factory=factory)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)  # never through a symlink
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
         image.save(f)

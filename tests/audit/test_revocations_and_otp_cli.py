@@ -71,3 +71,39 @@ def test_otp_enroll_status_reset_are_audited(tmp_path):
         assert row["person"] == "alice" and row["protocol"] == "admin"
         assert row["detail"]["by"].endswith("(as it-mario)")
     assert trail.run("verify").returncode == 0  # the CLI's rows extend the chain properly
+
+
+def test_otp_status_ignores_case_and_a_planted_link_is_not_written_through(tmp_path):
+    trail = Trail(tmp_path)
+    trail.fill([])
+    assert trail.pecgw("otp", "enroll", "alice").returncode == 0
+    status = trail.pecgw("otp", "status", "Alice")  # directory names are case-insensitive
+    assert status.returncode == 0 and status.stdout == "Alice: enrolled (as alice)\n"
+    assert trail.pecgw("otp", "status", "alice").stdout == "alice: enrolled\n"
+    victim = tmp_path / "precious"
+    victim.write_text("keep me\n")
+    link = tmp_path / "bruno.png"
+    link.symlink_to(victim)  # planted where IT will write the QR code
+    planted = trail.pecgw("otp", "enroll", "bruno", "--png", str(link))
+    assert planted.returncode == 2 and f"--png: {link} is a symbolic link" in planted.stderr
+    assert victim.read_text() == "keep me\n"
+    assert trail.pecgw("otp", "status", "bruno").returncode == 1  # nothing was changed
+
+
+def test_a_link_planted_while_the_qr_code_is_written_is_replaced_not_followed(tmp_path):
+    from gateway.auth.otp import png_qr
+    from gateway.cli import _write_qr_file
+
+    victim, target = tmp_path / "precious", tmp_path / "alice.png"
+    victim.write_text("keep me\n")
+
+    def png_qr_losing_the_race(uri, path):
+        written = png_qr(uri, path)
+        target.symlink_to(victim)  # planted after cmd_otp_enroll looked
+        return written
+
+    assert _write_qr_file("otpauth://totp/x?secret=JBSWY3DPEHPK3PXP", target, png_qr_losing_the_race) == target
+    assert victim.read_text() == "keep me\n"
+    assert not target.is_symlink() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.png", "precious"]  # no folder left behind
