@@ -29,9 +29,10 @@ store and as the fallback while the store fails.
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass
+
+from gateway.beside_audit import Tables
 
 __all__ = ["Count", "Key", "MemoryAttempts", "SqlAttempts", "SCOPES", "open_attempt_store"]
 
@@ -89,51 +90,13 @@ def _live(failures: int, first_at: float, locked_until: float, now: float, windo
     return locked_until > now or (locked_until == 0 and first_at > now - window)
 
 
-class SqlAttempts:
+class SqlAttempts(Tables):
     """The counters in ``pecgw_login_attempts`` over a DB-API connection (sqlite3 or psycopg).
 
     A connection that fails (the server restarted) is replaced at the next call."""
 
     def __init__(self, connect, *, placeholder: str, schema: str | None = None) -> None:
-        self._connect = connect
-        self._named = placeholder != "?"  # psycopg: %(name)s; sqlite3 takes :name as it is
-        self._p = f'"{schema}".' if schema else ""
-        self._lock = threading.Lock()
-        self._db = connect()
-        with self._lock:
-            try:
-                for statement in _SCHEMA:
-                    self._db.execute(statement.format(p=self._p))
-                self._db.commit()
-            except BaseException:
-                self._db.close()
-                raise
-
-    def _sql(self, text: str) -> str:
-        text = text.format(p=self._p)
-        return re.sub(r":(\w+)", r"%(\1)s", text) if self._named else text
-
-    def _transaction(self, statements: list[tuple[str, dict]]) -> list[list[tuple]]:
-        with self._lock:
-            if self._db is None:
-                self._db = self._connect()
-            try:
-                out = []
-                for text, params in statements:
-                    cur = self._db.execute(self._sql(text), params)
-                    out.append(cur.fetchall() if cur.description else [])
-                self._db.commit()
-                return out
-            except BaseException:
-                try:
-                    self._db.rollback()
-                except Exception:  # the connection is gone: a new one next time
-                    try:
-                        self._db.close()
-                    except Exception:
-                        pass
-                    self._db = None
-                raise
+        super().__init__(connect, placeholder=placeholder, schema=schema, ddl=_SCHEMA)
 
     def fail(self, keys: list[tuple[Key, int]], now: float, window: float, duration: float) -> list[Count]:
         """Count one failure on each ``(key, limit)``, in one transaction; the counts after it."""
@@ -144,7 +107,7 @@ class SqlAttempts:
             statements.append((_FAIL, {"scope": key.scope, "name": key.name, "ip": key.ip, "now": now,
                                        "ws": now - window, "limit": limit, "until": until,
                                        "first_lock": until if limit <= 1 else 0.0}))
-        results = self._transaction(statements)
+        results = self.transaction(statements)
         counts = []
         for (key, limit), rows in zip(keys, results):
             failures, locked_until = int(rows[0][0]), float(rows[0][1])
@@ -162,26 +125,19 @@ class SqlAttempts:
             params.update({f"s{i}": key.scope, f"n{i}": key.name, f"i{i}": key.ip})
         text = ("SELECT scope, name, ip, failures, locked_until FROM {p}pecgw_login_attempts "
                 f"WHERE ({' OR '.join(where)}) AND {_LIVE}")
-        rows = self._transaction([(text, params)])[0]
+        rows = self.transaction([(text, params)])[0]
         return {Key(s, n, i): Count(int(f), float(lu)) for s, n, i, f, lu in rows}
 
     def clear(self, key: Key, now: float) -> None:
         """Forget a counter, unless it is locked (a lockout always runs its course)."""
-        self._transaction([("DELETE FROM {p}pecgw_login_attempts WHERE scope = :scope AND name = :name "
+        self.transaction([("DELETE FROM {p}pecgw_login_attempts WHERE scope = :scope AND name = :name "
                             "AND ip = :ip AND locked_until <= :now",
                             {"scope": key.scope, "name": key.name, "ip": key.ip, "now": now})])
 
     def prune(self, now: float, window: float) -> int:
         """Delete the dead counters; how many."""
         text = f"DELETE FROM {{p}}pecgw_login_attempts WHERE NOT {_LIVE}"
-        return len(self._transaction([(text + " RETURNING 1", {"now": now, "ws": now - window})])[0])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
+        return len(self.transaction([(text + " RETURNING 1", {"now": now, "ws": now - window})])[0])
 
 class MemoryAttempts:
     """The same counters in this process's memory.  Thread-safe."""

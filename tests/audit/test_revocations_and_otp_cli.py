@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import stat
 
+import psycopg
+import pytest
+
 from gateway.revocations import Revocations, open_revocation_store
-from tests.audit.conftest import Trail
+from tests.audit.conftest import Backend, Trail
 
 
 def test_revocations_are_shared_by_instances_and_survive_reopening(backend, tmp_path):
@@ -38,6 +41,31 @@ def test_revocations_are_shared_by_instances_and_survive_reopening(backend, tmp_
         assert [r.person for r in reopened.all()] == ["bruno"]
     finally:
         reopened.store.close()
+
+
+def test_a_revocation_holds_while_the_store_is_down_and_is_written_when_it_is_back(tmp_path):
+    """A PostgreSQL backend that dies (a restart, a failover) must not leave revocations
+    unenforceable until the gateway restarts: in force at once, written at the next refresh
+    over a new connection."""
+    backend = Backend("postgres", tmp_path)
+    backend.open()
+    trail = Trail(tmp_path, backend.audit_table())
+    here = Revocations(open_revocation_store(trail.config, trail.vault))
+    elsewhere = Revocations(open_revocation_store(trail.config, trail.vault))
+    try:
+        with psycopg.connect(backend.conninfo, autocommit=True) as db:
+            db.execute("SELECT pg_terminate_backend(%s)", (here.store._db.info.backend_pid,))
+        revocation, new = here.hold("alice", "root (as it-mario)")
+        assert new and here.is_revoked("ALICE")  # no I/O: in force before anything is written
+        with pytest.raises(psycopg.OperationalError):
+            here.save(revocation)
+        assert here.is_revoked("alice") and [r.person for r in here.unsaved] == ["alice"]
+        assert here.refresh() == {"alice"} and here.unsaved == []  # new connection, written
+        assert elsewhere.refresh() == {"alice"} and elsewhere.get("alice").revoked_by == "root (as it-mario)"
+    finally:
+        here.store.close()
+        elsewhere.store.close()
+        backend.cleanup()
 
 
 def rows(trail: Trail, action: str) -> list[dict]:
