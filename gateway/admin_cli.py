@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 
 from gateway.admin.client import AdminUnavailable, call, local_operator
 from gateway.admin.verbs import MAX_REASON
@@ -162,15 +163,23 @@ def cmd_revoke(args) -> int:
     try:
         if args.lift:
             result = call(config, "lift", person=args.person)
-            print(f"lifted the revocation of {args.person}; they log in again with a fresh code"
+            print(f"lifted the revocation of {result['person']}; they log in again with a fresh code"
                   if result["was_revoked"] else f"{args.person} was not revoked")
             return 0
         result = call(config, "revoke", person=args.person, reason=args.reason)
     except AdminUnavailable as exc:
         return _revoke_offline(config, args, f"no running gateway ({exc})")
+    person = result["person"]  # the directory's spelling: "alice" for "alice@example.it"
     already = " (already revoked)" if result["already_revoked"] else ""
-    print(f"revoked {args.person}{already}: {result['sessions_ended']} live sessions ended; "
-          f"new logins are refused until 'pecgw revoke --lift {args.person}'")
+    print(f"revoked {person}{already}: {result['sessions_ended']} live sessions ended; "
+          f"new logins are refused until 'pecgw revoke --lift {person}'")
+    if result.get("known_to_directory") is False:
+        print(f"warning: the directory does not know {args.person!r} (or reports it disabled): check the "
+              "spelling; the name is revoked as given", file=sys.stderr)
+    if result.get("stored") is False:
+        print("warning: the revocation could not be stored yet (see the gateway's log): it is in force on "
+              "this instance and is written as soon as the database answers; until then a restart or "
+              "another instance does not know it", file=sys.stderr)
     return 0
 
 

@@ -186,7 +186,7 @@ class AdminConfig:
     listen_port: int | None = None
     token_vault_key: str = "admin/token"
     revalidate_s: float = 60.0  # ask the directory about every live session this often
-    revocation_poll_s: float = 2.0  # re-read revocations made by other instances this often
+    revocation_poll_s: float = 0.5  # re-read revocations made by other instances this often
 
 
 @dataclass(frozen=True)
@@ -515,7 +515,7 @@ def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
     cfg = AdminConfig(socket=sock, socket_mode=mode, socket_group=t.str("socket_group"), listen_host=host,
                       listen_port=port, token_vault_key=t.str("token_vault_key", "admin/token"),
                       revalidate_s=t.float("revalidate_interval", 60.0, minimum=1.0),
-                      revocation_poll_s=t.float("revocation_poll", 2.0, minimum=0.1))
+                      revocation_poll_s=t.float("revocation_poll", 0.5, minimum=0.1))
     if cfg.socket is None and cfg.listen_port is None:
         raise t.error("socket", "the admin channel needs a socket or a listen address (pecgw revoke, "
                                 "sessions and kick use it)")

@@ -39,13 +39,15 @@ class LiveSession:
     client_ip: str
     end: Callable[[str, str], Awaitable[None]] = field(repr=False)
     describe: Callable[[], dict] = field(default=dict, repr=False)
+    offices: tuple[str, ...] = ()  # the offices it acts for (``describe`` may say newer ones)
     since: float = field(default_factory=time.time)  # wall clock, for display
+    ending: str | None = field(default=None, repr=False)  # why it is being ended: ended once only
 
     def as_dict(self) -> dict:
         """What ``pecgw sessions`` shows: never a secret, never message content."""
         info = {"session": self.session_id, "protocol": self.protocol, "person": self.person,
-                "mailbox": self.mailbox, "client_ip": self.client_ip, "since": self.since,
-                "folder": None, "client": None}
+                "mailbox": self.mailbox, "offices": list(self.offices), "client_ip": self.client_ip,
+                "since": self.since, "folder": None, "client": None}
         info.update(self.describe())
         return info
 

@@ -37,9 +37,9 @@ def pecgw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 class Idler:
     """A person's IMAP session sitting in IDLE on INBOX, read with a raw socket."""
 
-    def __init__(self, gw, person: str, password: str | None = None) -> None:
+    def __init__(self, gw, person: str, password: str | None = None, *, credential: str | None = None) -> None:
         self.imap = gw.imap()
-        self.imap.login(person, gw.credential(person, password or f"{person}-password"))
+        self.imap.login(person, credential or gw.credential(person, password or f"{person}-password"))
         self.imap.select("INBOX", readonly=True)
         self.imap.send(b"i1 IDLE\r\n")
         assert self.imap.readline().startswith(b"+ ")
@@ -100,7 +100,8 @@ def test_revoke_ends_idle_and_smtp_sessions_within_a_second_and_refuses_the_save
         (bye, imap_closed), (smtp_bye, smtp_closed) = imap_end.result(), smtp_end.result()
     assert imap_closed - started < 1.0, f"IMAP session closed after {imap_closed - started:.2f} s"
     assert smtp_closed - started < 1.0, f"SMTP session closed after {smtp_closed - started:.2f} s"
-    assert result == {"person": "alice", "already_revoked": False, "sessions_ended": 2}
+    assert result == {"person": "alice", "already_revoked": False, "sessions_ended": 2, "stored": True,
+                      "known_to_directory": True}
     assert bye == b"* BYE Your access to this PEC mailbox has been revoked\r\n"
     assert smtp_bye == b"421 4.7.0 Your access to this PEC mailbox has been revoked\r\n"
 
@@ -144,8 +145,10 @@ def test_revoke_from_the_cli_is_audited_with_the_operator_and_lifted(gw):
     (row,) = rows(gw, "revoked")
     assert row["detail"]["by"].endswith("(as it-mario)")  # the kernel's user, and who sudo says ran it
 
-    lifted = pecgw("revoke", "--lift", "alice", "--config", str(gw.config_path))
+    lifted = pecgw("revoke", "--lift", "ALICE", "--config", str(gw.config_path))  # the directory's spelling wins
     assert lifted.returncode == 0 and lifted.stdout.startswith("lifted the revocation of alice")
+    ghost = pecgw("revoke", "alice.rossi", "--config", str(gw.config_path))  # a misspelt name is said to be one
+    assert ghost.returncode == 0 and "the directory does not know 'alice.rossi'" in ghost.stderr
     assert rows(gw, "revocation_lifted")[0]["person"] == "alice"
     # the old credential's trust window went with the revocation, and its code is spent: the next
     # time step's code (accepted one step early) is the fresh one
@@ -208,31 +211,46 @@ def revalidating(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
     """The gateway re-validating live sessions every second, with two people of its own in slapd."""
     slapd.add_person("elena", "elena-password", "Elena Gialli", groups=["legale"])
     slapd.add_person("fabio", "fabio-password", "Fabio Blu", groups=["acquisti"])
+    slapd.add_person("gino", "gino-password", "Gino Rosa", groups=["legale", "acquisti"])
     h = start_gateway(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider, admin={"revalidate_interval": 1})
-    for person in ("elena", "fabio"):
+    for person in ("elena", "fabio", "gino"):
         h.enroll(person)
     try:
         yield h, slapd
     finally:
         h.stop()
-        slapd.delete_person("elena")
-        slapd.delete_person("fabio")
+        for person in ("elena", "fabio", "gino"):
+            slapd.delete_person(person)
 
 
 def test_directory_disable_and_group_removal_close_live_sessions(revalidating):
     gw, slapd = revalidating
-    elena, fabio, bruno = Idler(gw, "elena"), Idler(gw, "fabio"), Idler(gw, "bruno")
+    elena, fabio, gino, bruno = (Idler(gw, p) for p in ("elena", "fabio", "gino", "bruno"))
+    gino_smtp = smtp_session(gw, "gino")  # gino sends for legale: that right goes with the office
     slapd.disable("elena")
     slapd.remove_from_group("fabio", "acquisti")
+    slapd.remove_from_group("gino", "legale")  # still in acquisti: keeps the mailbox, read-only
     started = time.monotonic()
     elena_bye, elena_at = elena.ended(timeout=4)
     fabio_bye, fabio_at = fabio.ended(timeout=4)
+    gino_bye, gino_at = gino.ended(timeout=4)
     assert elena_bye == b"* BYE Your access to this PEC mailbox has been revoked\r\n"
     assert fabio_bye == b"* BYE Your access to this PEC mailbox was withdrawn\r\n"
-    assert max(elena_at, fabio_at) - started < 2.5  # one interval (1 s) plus the directory's answers
+    assert gino_bye == b"* BYE Your offices have changed; please log in again\r\n"
+    assert until_closed(gino_smtp.sock, 4)[0] == b"421 4.7.0 Your offices have changed; please log in again\r\n"
+    assert max(elena_at, fabio_at, gino_at) - started < 2.5  # one interval (1 s) plus the directory's answers
     assert bruno.still_open()
-    reasons = {(r["person"], r["reason"], r["detail"]["by"]) for r in rows(gw, "session_ended", wait_for=2)}
-    assert reasons == {("elena", "directory_disabled", "directory"), ("fabio", "access_withdrawn", "directory")}
+    time.sleep(1.5)  # another re-validation: the sessions being closed are not ended (nor audited) twice
+    ended = sorted((r["person"], r["protocol"], r["reason"], r["detail"]["by"]) for r in rows(gw, "session_ended"))
+    assert ended == [("elena", "imap", "directory_disabled", "directory"),
+                     ("fabio", "imap", "access_withdrawn", "directory"),
+                     ("gino", "imap", "access_changed", "directory"), ("gino", "smtp", "access_changed", "directory")]
+    again = gw.imap()  # gino back with what acquisti gives: reading, not sending
+    again.login("gino", "gino-password" + gw.code("gino", at=time.time() + 30))
+    with pytest.raises(smtplib.SMTPSenderRefused):
+        with smtp_session(gw, "gino") as c:
+            c.sendmail(gw.mailbox.address, ["x@pec.example.it"], b"Subject: x\r\n\r\nx\r\n")
+    again.logout()
     # and at login: a disabled person is refused like any wrong password
     client = gw.imap()
     with pytest.raises(client.error, match=r"\[AUTHENTICATIONFAILED\]"):
@@ -305,7 +323,8 @@ def test_a_revocation_reaches_the_sessions_of_another_instance(tmp_path, pki, sl
         two = start_gateway(tmp_path / "two", pki, slapd, dovecot, pec_mailbox, pec_provider,
                             prepare=lambda h: h.vault.set("audit/chain-key", key), **shared)
         try:
-            alice = Idler(two, "alice")
+            saved = two.credential("alice", "alice-password")
+            alice = Idler(two, "alice", credential=saved)
             with ThreadPoolExecutor(1) as pool:
                 ending = pool.submit(alice.ended, 3)
                 started = time.monotonic()
@@ -315,7 +334,17 @@ def test_a_revocation_reaches_the_sessions_of_another_instance(tmp_path, pki, sl
             assert closed - started < 1.0
             client = two.imap()
             with pytest.raises(client.error, match="AUTHENTICATIONFAILED"):
-                client.login("alice", two.credential("alice", "alice-password"))
+                client.login("alice", saved)
+            # lifted on one: on two, the old saved credential's trust window went with the
+            # revocation, so it is its spent code that answers now
+            call(load_config(one.config_path), "lift", person="alice")
+            time.sleep(0.6)
+            client = two.imap()
+            with pytest.raises(client.error, match="AUTHENTICATIONFAILED"):
+                client.login("alice", saved)
+            fresh = two.imap()
+            fresh.login("alice", "alice-password" + two.code("alice", at=time.time() + 30))
+            fresh.logout()
         finally:
             two.stop()
     finally:

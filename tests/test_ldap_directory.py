@@ -93,6 +93,19 @@ def test_lookup(directory):
     assert directory.lookup("nobody") is None
 
 
+def test_lookup_finds_the_canonical_name_when_people_log_in_with_their_address(settings):
+    """Logins by e-mail address (user_filter on mail) give the person as their uid; re-validation
+    and revocation look that name up, which must not read as "no such person" (a leaver)."""
+    directory = LdapDirectory(dataclasses.replace(
+        settings, user_filter="(&(objectClass=inetOrgPerson)(mail={username}))", username_attribute="uid"))
+    alice = directory.authenticate("alice@example.it", Secret("alice-password"))
+    assert alice is not None and alice.username == "alice"
+    assert directory.lookup("alice").groups == alice.groups
+    assert directory.lookup("alice@example.it").username == "alice"
+    assert directory.lookup("dario") is None  # disabled stays disabled by either name
+    assert directory.authenticate("alice", Secret("alice-password")) is None  # logins still by address
+
+
 def test_disable_enable_and_password_change_take_effect_at_once(directory, slapd):
     uid = fresh_uid("erika")
     slapd.add_person(uid, "first-password", "Erika Gallo", groups=["acquisti"])

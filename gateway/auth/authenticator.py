@@ -166,5 +166,7 @@ class Authenticator:
         result = await asyncio.to_thread(self.otp.check, person.username, code, now)
         if result is not OtpResult.OK:
             return AuthOutcome(None, result.value)
+        if self.revoked(person.username):  # revoked while the code was checked: no window for it
+            return AuthOutcome(None, "revoked")
         self.trust.remember(person.username, credential, now)
         return AuthOutcome(person, "ok")

@@ -157,11 +157,15 @@ class LdapDirectory:
             return self._person(conn, username, dn, attributes)
 
     def lookup(self, username: str) -> Person | None:
-        """The enabled person named ``username``, without a password check."""
+        """The enabled person named ``username``, without a password check.
+
+        ``username`` may be the login as typed or the canonical name the directory gave at login
+        (re-validation and revocation use that one): with ``user_filter`` on ``mail`` and
+        ``username_attribute = "uid"``, ``alice`` is found by her uid, not taken for a leaver."""
         if not isinstance(username, str) or not username:
             return None
         with self._service() as conn:
-            found = self._find_enabled(conn, username)
+            found = self._find_enabled(conn, username, canonical_too=True)
             if found is None:
                 return None
             dn, attributes = found
@@ -169,12 +173,16 @@ class LdapDirectory:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _find_enabled(self, conn: _Conn, username: str) -> tuple[str, dict[str, Any]] | None:
-        """The one entry matching ``username`` unless it is disabled: ``(dn, attributes)``."""
+    def _find_enabled(self, conn: _Conn, username: str, *,
+                      canonical_too: bool = False) -> tuple[str, dict[str, Any]] | None:
+        """The one entry matching ``username`` unless it is disabled: ``(dn, attributes)``.
+        ``canonical_too`` also matches ``username_attribute`` (see :meth:`lookup`)."""
         s = self.settings
         wanted = sorted({s.display_name_attribute, s.username_attribute})
-        entries = conn.search(s.user_base, _fill(s.user_filter, username=username),
-                              ldap3.SUBTREE, wanted, size_limit=2, step="user search")
+        flt = _fill(s.user_filter, username=username)
+        if canonical_too:
+            flt = f"(|{flt}({s.username_attribute}={escape_filter_chars(username)}))"
+        entries = conn.search(s.user_base, flt, ldap3.SUBTREE, wanted, size_limit=2, step="user search")
         if len(entries) != 1:
             return None
         dn, attributes = entries[0]

@@ -337,7 +337,9 @@ class Connection:
         self.s.live.add(LiveSession(
             session_id=self.session.session_id, protocol="imap", person=result.person or "",
             mailbox=result.mailbox or "", client_ip=self.session.client_ip, end=self.end_by_gateway,
-            describe=lambda: {"folder": self.session.selected_folder, "client": self.session.client_name}))
+            offices=tuple(self.session.offices),
+            describe=lambda: {"folder": self.session.selected_folder, "client": self.session.client_name,
+                              "offices": list(self.session.offices)}))
         if self.s.is_revoked(result.person or ""):  # revoked while this login was being checked
             self._spawn(self.end_by_gateway("revoked", "Your access to this PEC mailbox has been revoked"))
 

@@ -320,7 +320,7 @@ class SubmissionHandler:
 
         self.services.live.add(LiveSession(
             session_id=sender.session_id, protocol="smtp", person=sender.person or "",
-            mailbox=sender.mailbox.name, client_ip=sender.client_ip, end=end,
+            mailbox=sender.mailbox.name, client_ip=sender.client_ip, end=end, offices=tuple(sender.result.offices),
             describe=lambda: {"client": session.host_name}))
         if self.services.is_revoked(sender.person or ""):  # revoked while this AUTH was being checked
             task = server.loop.create_task(end("revoked", "Your access to this PEC mailbox has been revoked"))

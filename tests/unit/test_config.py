@@ -104,7 +104,7 @@ def test_admin_channel_defaults_to_a_private_socket_beside_the_vault(tmp_path):
     cfg = parse_config(minimal(), tmp_path / "gw.toml").admin
     assert cfg.socket == tmp_path / "admin.sock" and cfg.socket_mode == 0o600
     assert (cfg.listen_host, cfg.listen_port) == (None, None)
-    assert (cfg.revalidate_s, cfg.revocation_poll_s) == (60.0, 2.0)
+    assert (cfg.revalidate_s, cfg.revocation_poll_s) == (60.0, 0.5)
     tcp = parse_config(minimal(admin={"socket": "", "listen": "127.0.0.1:9900", "socket_mode": "0660"}),
                        tmp_path / "gw.toml").admin
     assert (tcp.socket, tcp.listen_host, tcp.listen_port, tcp.socket_mode) == (None, "127.0.0.1", 9900, 0o660)
