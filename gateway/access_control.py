@@ -33,7 +33,7 @@ from gateway.access import usable_mailboxes
 from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 from gateway.auth.directory import DirectoryUnavailable
 from gateway.live_sessions import LiveSession, SessionRegistry
-from gateway.metrics import REVALIDATION_FAILURES, SESSIONS_ENDED
+from gateway.metrics import REVALIDATION_FAILURES, REVOCATIONS, SESSIONS_ENDED
 from gateway.revocations import Revocations
 from policy import offices_of
 
@@ -77,6 +77,8 @@ class AccessControl:
         """Revoke ``person``; what was done, for the admin channel's answer."""
         name, known = await self._canonical(person)
         revocation, fresh = self.revocations.hold(name, by, reason)
+        if fresh:
+            REVOCATIONS.labels("revoke").inc()
         windows = self.trust.forget(name)
         ended = await self.end_sessions(self.registry.of_person(name), "revoked", by=by)
         try:
@@ -102,6 +104,7 @@ class AccessControl:
         if lifted is None and name != person:
             lifted = await asyncio.to_thread(self.revocations.lift, person)
         if lifted is not None:
+            REVOCATIONS.labels("lift").inc()
             self._admin_row(Action.REVOCATION_LIFTED, lifted.person, by=by,
                             detail={"revoked_at": lifted.revoked_at, "revoked_by": lifted.revoked_by})
             log.warning("%s lifted the revocation of %r", by, lifted.person)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from gateway.access_control import AccessControl
+from gateway.admin.http import HttpEndpoint, Route
 from gateway.admin.server import AdminServer
 from gateway.admin.verbs import admin_verbs
 from gateway.audit.events import Action, AuditEvent, Decision, utc_now
@@ -32,7 +33,8 @@ from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
 from gateway.mailbox_credentials import MailboxCredentials
-from gateway.metrics import AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP, LIVE_SESSIONS
+from gateway.metrics import (AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP, LIVE_SESSIONS, prepare_series,
+                             scrape)
 from gateway.revocations import Revocations, open_revocation_store
 from gateway.sends.store import open_send_store
 from gateway.sends.watcher import ReceiptWatchers
@@ -141,9 +143,8 @@ class Gateway:
         self.services = Services(config=config, login_service=self.login_service, vault=self.vault,
                                  audit=self.audit, policy=self.policy, version=version(), sends=self.sends,
                                  credentials=self.credentials, is_revoked=self.revocations.is_revoked)
-        for protocol in ("imap", "smtp"):
-            LIVE_SESSIONS.labels(protocol).set_function(
-                lambda p=protocol: sum(1 for s in self.services.live if s.protocol == p))
+        LIVE_SESSIONS.watch(self.services.live, config.mailboxes)  # counted at each scrape
+        prepare_series(config.mailboxes)  # at 0 from the start, for the alerts
         self.access = AccessControl(
             registry=self.services.live, revocations=self.revocations, trust=self.trust, directory=directory,
             policy=self.policy, mailboxes=config.mailboxes, audit=self.audit,
@@ -154,6 +155,9 @@ class Gateway:
         self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit, credentials=self.credentials)
         self.admin = AdminServer(config.admin, admin_verbs(self), token=admin_token(config, self.vault))
         self._access_task: asyncio.Task | None = None
+        # the GET routes of the HTTP endpoint ([admin] http_listen), served from start() to stop()
+        self.http_routes: dict[str, Route] = {"/metrics": scrape}
+        self.http: HttpEndpoint | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -163,8 +167,14 @@ class Gateway:
         self.watchers.start()
         self._access_task = asyncio.get_running_loop().create_task(self.access.run())
         await self.admin.start()
+        if self.config.admin.http_port is not None:
+            self.http = HttpEndpoint(self.config.admin.http_host, self.config.admin.http_port, self.http_routes)
+            await self.http.start()
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+        LIVE_SESSIONS.unwatch(self.services.live)
         await self.admin.stop()
         if self._access_task is not None:
             self._access_task.cancel()

@@ -296,7 +296,8 @@ def cmd_reload(args) -> int:
 def cmd_demo(args) -> int:
     from gateway.demo.runner import run_demo
 
-    return run_demo(Path(args.state_dir), imap_port=args.imap_port, starttls_port=args.starttls_port)
+    return run_demo(Path(args.state_dir), imap_port=args.imap_port, starttls_port=args.starttls_port,
+                    http_port=args.http_port)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its files")
     demo.add_argument("--imap-port", type=int, default=9993, help="implicit-TLS IMAP port (default 9993)")
     demo.add_argument("--starttls-port", type=int, default=9143, help="STARTTLS IMAP port (default 9143)")
+    demo.add_argument("--http-port", type=int, default=9925, help="metrics and health HTTP port (default 9925)")
     demo.set_defaults(func=cmd_demo)
     return p
 

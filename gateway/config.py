@@ -187,6 +187,21 @@ class AdminConfig:
     token_vault_key: str = "admin/token"
     revalidate_s: float = 60.0  # ask the directory about every live session this often
     revocation_poll_s: float = 0.5  # re-read revocations made by other instances this often
+    # the HTTP endpoint (/metrics, /healthz, /readyz: gateway/admin/http.py), loopback only;
+    # http_listen = "" turns it off (both None)
+    http_host: str | None = "127.0.0.1"
+    http_port: int | None = 9925
+
+
+@dataclass(frozen=True)
+class CensusConfig:
+    """``[census]``: the probe of each mailbox's provider behind ``/readyz`` and ``pecgw mailboxes``
+    (gateway/mailbox_census.py)."""
+
+    probe_interval_s: float = 60.0  # log in to each provider this often (quota, INBOX, unhandled PEC)
+    probe_timeout_s: float = 20.0  # for the questions after the login (the login has its own timeouts)
+    quota_warn: float = 0.9  # warn (log, metric) above this share of the quota
+    unhandled_age_s: float = 3 * 86400.0  # an unseen incoming PEC older than this is "unhandled"
 
 
 @dataclass(frozen=True)
@@ -483,9 +498,21 @@ def _audit(t: _Table, vault: VaultConfig) -> AuditConfig:
     return cfg
 
 
-def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
+def _loopback_listener(t: _Table, name: str, text: str, why: str) -> tuple[str, int]:
+    """``host:port`` of a listener that must stay on a loopback address."""
     import ipaddress
 
+    parsed = _listener(text, t, name, "plain")
+    try:
+        loopback = ipaddress.ip_address(parsed.host).is_loopback
+    except ValueError:
+        loopback = parsed.host == "localhost"
+    if not loopback:
+        raise t.error(name, f"{parsed.host} is not a loopback address: {why}")
+    return parsed.host, parsed.port
+
+
+def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
     if t.data.get("socket") == "":
         t._used.add("socket")
         sock = None
@@ -503,19 +530,19 @@ def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
     listen = t.str("listen")
     host = port = None
     if listen:
-        parsed = _listener(listen, t, "listen", "plain")
-        try:
-            loopback = ipaddress.ip_address(parsed.host).is_loopback
-        except ValueError:
-            loopback = parsed.host == "localhost"
-        if not loopback:
-            raise t.error("listen", f"{parsed.host} is not a loopback address: the admin channel is never "
-                                    "open to the network (reach it over SSH instead)")
-        host, port = parsed.host, parsed.port
+        host, port = _loopback_listener(t, "listen", listen, "the admin channel is never open to the network "
+                                                            "(reach it over SSH instead)")
+    http = t.str("http_listen", "127.0.0.1:9925")
+    http_host = http_port = None
+    if http:
+        http_host, http_port = _loopback_listener(t, "http_listen", http, "the metrics and health endpoint "
+                                                  "stays on loopback (let the scraper reach it through a proxy "
+                                                  "or run it on this host)")
     cfg = AdminConfig(socket=sock, socket_mode=mode, socket_group=t.str("socket_group"), listen_host=host,
                       listen_port=port, token_vault_key=t.str("token_vault_key", "admin/token"),
                       revalidate_s=t.float("revalidate_interval", 60.0, minimum=1.0),
-                      revocation_poll_s=t.float("revocation_poll", 0.5, minimum=0.1))
+                      revocation_poll_s=t.float("revocation_poll", 0.5, minimum=0.1),
+                      http_host=http_host, http_port=http_port)
     if cfg.socket is None and cfg.listen_port is None:
         raise t.error("socket", "the admin channel needs a socket or a listen address (pecgw revoke, "
                                 "sessions and kick use it)")

@@ -101,7 +101,7 @@ def metric(name: str, **labels) -> float:
 
 def test_fifty_wrong_logins(gw):
     lockouts_before = {s: metric("pecgw_login_lockouts_total", scope=s) for s in ("pair", "ip", "person")}
-    locked_before = metric("pecgw_login_failures_total", reason="locked")
+    locked_before = {p: metric("pecgw_login_failures_total", protocol=p, reason="locked") for p in ("imap", "smtp")}
 
     # 1-20: a known and an unknown name in turn, until both pairs are locked (10 failures each);
     # 21-50: two more names join, whose failures lock the address at its 25th.
@@ -154,4 +154,5 @@ def test_fifty_wrong_logins(gw):
             for s in lockouts_before} == {"pair": 2, "ip": 1, "person": 0}
     locked_in_fifty = sum(1 for _, reason in failed[:50] if reason == "locked")
     assert locked_in_fifty == 25  # 30 after the pairs locked, less carla's and nemo's 5 counted ones
-    assert metric("pecgw_login_failures_total", reason="locked") - locked_before == locked_in_fifty + 3
+    assert {p: metric("pecgw_login_failures_total", protocol=p, reason="locked") - locked_before[p]
+            for p in locked_before} == {"imap": locked_in_fifty + 2, "smtp": 1}

@@ -123,7 +123,7 @@ class Authenticator:
             outcome = await self._decide(username, credential)
         if outcome.person is None:
             log.info("login refused for %r: %s", username, outcome.reason)
-            LOGIN_FAILURES.labels(outcome.reason).inc()
+            LOGIN_FAILURES.labels(protocol or "other", outcome.reason).inc()
             if admission.locked or outcome.reason == "directory_unavailable":
                 delay = self.throttle.delay(admission.failures)  # nothing was tested: not counted
             else:

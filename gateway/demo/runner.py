@@ -69,7 +69,8 @@ def _users_file(state: Path) -> Path:
     return path
 
 
-def _config_text(state: Path, pki: Pki, provider_port: int, imap_port: int, starttls_port: int) -> str:
+def _config_text(state: Path, pki: Pki, provider_port: int, imap_port: int, starttls_port: int,
+                 http_port: int = 9925) -> str:
     out = [
         "# Written by `pecgw demo`: an ordinary gateway configuration pointing at the sandbox provider.",
         "demo = true", 'log_level = "INFO"', "",
@@ -79,6 +80,7 @@ def _config_text(state: Path, pki: Pki, provider_port: int, imap_port: int, star
         "failure_delay = 0.5", "",
         "[vault]", f'path = "{state / "vault.json"}"', f'key_file = "{state / "vault.key"}"', "",
         "[audit]", f'jsonl_path = "{state / "audit.jsonl"}"', "",
+        "[admin]", f'http_listen = "127.0.0.1:{http_port}"', "",
     ]
     out += ["[policy]", f'file = "{state / "policy.toml"}"', ""]
     for name, (address, _offices) in DEMO_MAILBOXES.items():
@@ -112,7 +114,7 @@ def _policy_text() -> str:
     return "\n".join(out)
 
 
-def prepare_demo(state: Path, imap_port: int, starttls_port: int):
+def prepare_demo(state: Path, imap_port: int, starttls_port: int, http_port: int = 9925):
     """Create the demo's files and start the sandbox provider; return (config path, provider)."""
     from gateway.demo.sandbox import SandboxAccount, SandboxProvider
 
@@ -135,11 +137,11 @@ def prepare_demo(state: Path, imap_port: int, starttls_port: int):
     provider_port = provider.start()
     (state / "policy.toml").write_text(_policy_text(), encoding="utf-8")
     config = state / "gateway.toml"
-    config.write_text(_config_text(state, pki, provider_port, imap_port, starttls_port), encoding="utf-8")
+    config.write_text(_config_text(state, pki, provider_port, imap_port, starttls_port, http_port), encoding="utf-8")
     return config, provider
 
 
-def _banner(config_path: Path, ports: dict[str, int], provider_port: int) -> str:
+def _banner(config_path: Path, ports: dict[str, int], provider_port: int, http_port: int | None = None) -> str:
     state = config_path.parent
     me = sys.argv[0] if Path(sys.argv[0]).name == "pecgw" else "pecgw"
     if shutil.which("pecgw") and Path(shutil.which("pecgw")).resolve() == Path(me).resolve():
@@ -155,6 +157,7 @@ PEC Gateway demo is running (Ctrl-C stops it).
   CA certificate     : {state / 'tls' / 'ca.pem'}  (clients must trust it; the name is 'localhost')
   Sandbox provider   : localhost:{provider_port}  (2 PEC mailboxes seeded with PEC messages and receipts)
   Audit trail        : {state / 'audit.jsonl'}
+  Metrics            : http://127.0.0.1:{http_port}/metrics  (Prometheus text format; see README "Metrics")
 
   Demo people — the password field is the password immediately followed by the current 6-digit code:
 {people}
@@ -169,12 +172,12 @@ PEC Gateway demo is running (Ctrl-C stops it).
 """
 
 
-def run_demo(state_dir: Path, *, imap_port: int = 9993, starttls_port: int = 9143) -> int:
+def run_demo(state_dir: Path, *, imap_port: int = 9993, starttls_port: int = 9143, http_port: int = 9925) -> int:
     from gateway.app import Gateway
     from gateway.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config_path, provider = prepare_demo(state_dir, imap_port, starttls_port)
+    config_path, provider = prepare_demo(state_dir, imap_port, starttls_port, http_port)
     try:
         config = load_config(config_path)
 
@@ -184,8 +187,9 @@ def run_demo(state_dir: Path, *, imap_port: int = 9993, starttls_port: int = 914
                 await gw.start()
             except OSError as exc:
                 raise SystemExit(f"pecgw demo: cannot listen ({exc.strerror}); choose other ports with "
-                                 "--imap-port and --starttls-port") from None
-            print(_banner(config_path, gw.imap.bound_ports(), provider.port), flush=True)
+                                 "--imap-port, --starttls-port and --http-port") from None
+            http_port = gw.http.bound_port() if gw.http is not None else None
+            print(_banner(config_path, gw.imap.bound_ports(), provider.port, http_port), flush=True)
             await gw.serve_forever()
 
         asyncio.run(main())

@@ -25,6 +25,7 @@ from gateway.live_sessions import LiveSession, SessionRegistry
 from gateway.login import Failure, LoginResult
 from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.mailbox_credentials import REFUSED_REASON, MailboxCredentials, PasswordRefused
+from gateway.metrics import count_login, upstream_login
 
 __all__ = ["ImapFront", "server_tls_context"]
 
@@ -320,6 +321,7 @@ class Connection:
         caps: list[str] = []
         if result.ok:
             result, caps = await self._open_upstream(result)
+        count_login("imap", result.ok, result.reason)
         if self._closed and self.up is not None:  # the connection ended while logging in
             self.up.link.close()
             self.up.link.transport.abort()
@@ -363,7 +365,8 @@ class Connection:
                       mailbox.name, mailbox.password_vault_key, mailbox.name)
             return self._unavailable(result, "no_mailbox_password"), []
         try:
-            self.up = await open_upstream(mailbox.imap, password.secret)
+            with upstream_login("imap", mailbox.name):
+                self.up = await open_upstream(mailbox.imap, password.secret)
         except UpstreamError as exc:
             if exc.kind == "login_refused":  # logged (once) by the credentials
                 credentials.refused(password, str(exc))

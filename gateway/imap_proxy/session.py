@@ -42,6 +42,7 @@ from gateway.imap_proxy.relay import InFlightEntry, InFlightTable, UpstreamPacer
 from gateway.imap_proxy.responses import Kind, classify, parse_status
 from gateway.imap_proxy.syntax import Atom, String, astring_octets
 from gateway.login import Failure, LoginResult
+from gateway.tally import TALLY
 
 __all__ = ["SessionState", "SessionLimits", "ImapSession", "GATEWAY_TAG_PREFIX"]
 
@@ -145,6 +146,7 @@ class ImapSession(PreauthVerbs):
         if self.state is SessionState.LOGOUT:
             return []
         self.bytes_from_client += len(data)
+        _BYTES[_FROM_CLIENT] = _BYTES.get(_FROM_CLIENT, 0) + len(data)
         self.client_framer.receive_data(data)
         return self._count_out(self._pump_client())
 
@@ -466,6 +468,7 @@ class ImapSession(PreauthVerbs):
         if d is not None:
             out.append(self._audit(Action.DENIED, Decision.DENY, reason=d.code.lower(), folder=d.folder,
                                    detail={"command": d.command, "missing": d.missing, "rules": d.rules}))
+            _count(_DENIALS, ("imap", d.command, d.code.lower()))
         return out
 
     def _note_relayed(self, cmd: Command) -> None:
@@ -514,7 +517,7 @@ class ImapSession(PreauthVerbs):
         if verdict.reply is None:
             return None
         self.client_framer.drop_message()
-        return self._apply_verdict(verdict) + self._reply(None, verdict.reply, cmd.tag)
+        return self._apply_verdict(verdict) + self._reply(None, verdict.reply, cmd.tag, counted_as=cmd)
 
     def _enable_frame(self, cmd: Command) -> Frame | None:
         """ENABLE only what the client was offered (RFC 5161: unknown capabilities are ignored).
@@ -545,9 +548,13 @@ class ImapSession(PreauthVerbs):
         assert self._pacer is not None and self._idle_entry is not None
         return [act.SendToUpstream(c) for c in self._pacer.done(self._idle_entry.tag)]
 
-    def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None) -> list:
+    def _reply(self, cmd: Command | None, reply: bytes, tag: str | None = None, *,
+               counted_as: Command | None = None) -> list:
         """Answer a command from the gateway, in order with replies still due from the provider."""
-        now = self.inflight.add_local(cmd.tag if cmd else tag, reply, cmd)
+        tag = cmd.tag if cmd else tag
+        if self.state is SessionState.AUTHENTICATED:
+            count_imap_command(_command_label(cmd or counted_as), _result_of(reply, tag or "*"))
+        now = self.inflight.add_local(tag, reply, cmd)
         return [act.SendToClient(now)] if now else []
 
     # ======================================================================= provider side
@@ -619,6 +626,7 @@ class ImapSession(PreauthVerbs):
         entry, released = self.inflight.complete(tag)
         if entry is None:  # a reply to nothing in flight: the provider is out of step with us
             return out + self._upstream_broken(f"a tagged reply to no command in flight ({tag[:40]!r})")
+        count_imap_command(_command_label(entry.command), _result_of(frame.lines[0], tag))
         out.append(act.SendToClient(data + released if released else data))
         if entry is self._idle_entry:
             self._idle_entry, self._idling = None, False  # e.g. the provider refused IDLE
@@ -658,6 +666,7 @@ class ImapSession(PreauthVerbs):
             out = [act.SendToUpstream(c) for c in self._pacer.submit(cmd.tag, frame)]
         else:
             released = self.inflight.answer(entry, verdict.reply)
+            count_imap_command(_command_label(cmd), _result_of(verdict.reply, cmd.tag))
             out = self._apply_verdict(verdict) + ([act.SendToClient(released)] if released else [])
         return out + self._pump_client()
 
@@ -732,16 +741,55 @@ class ImapSession(PreauthVerbs):
             out.append(self._audit(Action.LOGOUT, Decision.ALLOW, reason=reason, detail={
                 "duration_s": round(self._clock() - self._started, 3),
                 "bytes_in": self.bytes_from_client, "bytes_out": self.bytes_to_client}))
+            for entry in self.inflight:  # sent to the provider, never answered: counted as such
+                if entry.local_reply is None and entry.command is not None:
+                    count_imap_command(_command_label(entry.command), "none")
         out.append(act.Close(reason))
         return out
 
     def _count_out(self, actions: list) -> list:
         if self._draining is not None:  # the client is gone: what was meant for it goes nowhere
             return [a for a in actions if not isinstance(a, act.SendToClient)]
+        sent = 0
         for a in actions:
             if isinstance(a, act.SendToClient):
-                self.bytes_to_client += len(a.data)
+                sent += len(a.data)
+        if sent:
+            self.bytes_to_client += sent
+            _BYTES[_TO_CLIENT] = _BYTES.get(_TO_CLIENT, 0) + sent
         return actions
+
+
+# -- metrics: plain counters (gateway/tally.py; gateway/metrics.py exports them), the session stays pure
+_COMMANDS = TALLY.counter("pecgw_imap_commands_total")  # (command, result)
+_DENIALS = TALLY.counter("pecgw_denials_total")  # (protocol, command, rule)
+_BYTES = TALLY.counter("pecgw_relayed_bytes_total")  # (protocol, direction)
+_FROM_CLIENT, _TO_CLIENT = ("imap", "from_client"), ("imap", "to_client")
+_RESULTS = {b"OK": "OK", b"NO": "NO", b"BAD": "BAD"}
+
+
+def _count(counter: dict, key: tuple) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+def count_imap_command(command: str, result: str) -> None:
+    """One IMAP command answered; ``command`` comes from :func:`_command_label`."""
+    key = (command, result)
+    _COMMANDS[key] = _COMMANDS.get(key, 0) + 1
+
+
+def _command_label(cmd: Command | None) -> str:
+    """A command's metric label: only names from the command table (a client cannot add series)."""
+    if cmd is None:
+        return "unparsed"
+    return cmd.display_name if cmd.spec is not None else "other"
+
+
+def _result_of(reply: bytes, tag: str) -> str:
+    """OK, NO or BAD from the tagged status line that ends ``reply`` ("other" if none)."""
+    end = len(reply) - 2 if reply.endswith(b"\r\n") else len(reply)
+    start = reply.rfind(b"\n", 0, end) + 1 + len(tag) + 1
+    return _RESULTS.get(reply[start:min(start + 4, end)].split(b" ", 1)[0].upper(), "other")
 
 
 @dataclass

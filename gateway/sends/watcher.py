@@ -51,6 +51,7 @@ from gateway.imap_proxy.bodystructure import bodystructure_in_fetch, find_datice
 from gateway.imap_proxy.identity import IDENTITY_ITEM, fetch_identity_item, identity_from_headers
 from gateway.imap_proxy.upstream import ProviderConversation, UpstreamError
 from gateway.mailbox_credentials import MailboxCredentials, PasswordRefused
+from gateway.metrics import RECEIPTS, upstream_login
 from gateway.sends.linking import Linked, link_receipt
 from gateway.sends.mailbox_check import RECEIPT_FOLDERS
 from gateway.sends.receipts import MAX_PART_OCTETS, NotCounted, read_receipt, ricevuta_of
@@ -146,7 +147,8 @@ class ReceiptWatcher:
             # not the provider's refusal: retried (with backoff) until 'pecgw vault set' stores it
             raise UpstreamError("no_password", f"vault entry {self.mailbox.password_vault_key!r} missing")
         try:
-            conv = await ProviderConversation.open(self.mailbox.imap, password.secret)
+            with upstream_login(PROTOCOL, self.mailbox.name):
+                conv = await ProviderConversation.open(self.mailbox.imap, password.secret)
         except UpstreamError as exc:
             if exc.kind != "login_refused":
                 raise
@@ -246,6 +248,7 @@ class ReceiptWatcher:
                                           folder=self.folder, uidvalidity=uidvalidity, uid=uid)
         if isinstance(outcome, Linked):
             self._audit(outcome, header, uidvalidity, uid)
+            RECEIPTS.labels(self.mailbox.name, receipt.tipo).inc()
         else:
             log.debug("mailbox %s %s UID %d: %s %s is %s", self.mailbox.name, self.folder, uid, receipt.tipo,
                       receipt.identificativo, outcome)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import secrets
@@ -38,6 +39,7 @@ from gateway.live_sessions import LiveSession
 from gateway.login import Failure, LoginRequest, LoginResult
 from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.mailbox_credentials import REFUSED_REASON, PasswordRefused
+from gateway.metrics import SMTP_SENDS, count_login, count_smtp_command, upstream_login
 from gateway.secret import Secret
 from gateway.smtp_proxy.message import summarise, with_message_id
 from gateway.smtp_proxy.rules import (Refusal, SendLimits, check_message, check_recipient, check_sender_right,
@@ -45,6 +47,7 @@ from gateway.smtp_proxy.rules import (Refusal, SendLimits, check_message, check_
 from gateway.imap_proxy.upstream import UpstreamError
 from gateway.sends.mailbox_check import accettazione_in_mailbox
 from gateway.smtp_proxy.upstream import ProviderError, ProviderSubmission
+from gateway.tally import TALLY
 from policy.evaluate import mailbox_send_allowed
 
 __all__ = ["SubmissionHandler", "Sender"]
@@ -55,6 +58,18 @@ _CLOSE_GRACE_S = 1.0  # how long a client ended by the gateway gets to acknowled
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
 AUDIT_DOWN = "451 4.3.0 The audit trail cannot be written now; nothing was sent, try again later"
+
+
+def _counted(command: str):
+    """Count the hook's reply in ``pecgw_smtp_commands_total{command,result}``."""
+    def wrap(hook):
+        @functools.wraps(hook)
+        async def counted(self, server, session, envelope, *args):
+            reply = await hook(self, server, session, envelope, *args)
+            count_smtp_command(command, reply)
+            return reply
+        return counted
+    return wrap
 
 
 @dataclass
@@ -96,9 +111,11 @@ class SubmissionHandler:
     def _refused(self, session, sender: Sender, refusal: Refusal, command: str, **detail) -> str:
         self._audit(session, Action.DENIED, Decision.DENY, sender=sender, reason=refusal.rule,
                     detail={"command": command, "rule": refusal.rule, "reply": refusal.reply, **detail})
+        TALLY.add("pecgw_denials_total", ("smtp", command, refusal.rule))
         return refusal.reply
 
     # ------------------------------------------------------------------ AUTH
+    @_counted("AUTH")
     async def handle_AUTH(self, server, session, envelope, args: list[str]):
         mechanism = args[0].upper()
         if mechanism == "PLAIN":
@@ -113,6 +130,7 @@ class SubmissionHandler:
         request = LoginRequest(login=login, credential=Secret(password), client_ip=_peer_ip(session) or "",
                                protocol="smtp", mailbox_hint=authzid or None, session_id=_session_id(session))
         result = await self.services.login_service.login(request)
+        count_login("smtp", result.ok, result.reason)
         if not result.ok:
             action = Action.UPSTREAM_UNAVAILABLE if result.failure is Failure.UNAVAILABLE else Action.LOGIN_FAILED
             self._audit(session, action, Decision.DENY, reason=result.reason, person=result.person or login,
@@ -132,6 +150,7 @@ class SubmissionHandler:
         return "235 2.7.0 Authentication successful"
 
     # ------------------------------------------------------------------ the transaction
+    @_counted("MAIL")
     async def handle_MAIL(self, server, session, envelope, address: str, mail_options: list[str]):
         sender: Sender = session.auth_data
         smtp = sender.mailbox.smtp
@@ -157,6 +176,7 @@ class SubmissionHandler:
         sender.given_from, sender.accepted = address, []
         return "250 2.1.0 Sender OK"
 
+    @_counted("RCPT")
     async def handle_RCPT(self, server, session, envelope, address: str, rcpt_options: list[str]):
         sender: Sender = session.auth_data
         smtp = sender.mailbox.smtp
@@ -178,6 +198,7 @@ class SubmissionHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return f"{code} {text}"
 
+    @_counted("DATA")
     async def handle_DATA(self, server, session, envelope):
         # The whole message is in: what follows runs to its end even if the client drops the
         # connection now (aiosmtpd would cancel the hook), so a send is never left half-recorded
@@ -244,8 +265,11 @@ class SubmissionHandler:
             self._audit(session, Action.SEND_RESULT, Decision.ERROR, sender=sender, message=ref,
                         reason="outcome_unknown", detail={"reply": reply, "send_id": send_id})
             log.error("session %s: %s", sender.session_id, exc.log)
+            SMTP_SENDS.labels(sender.mailbox.name, "unknown").inc()
             return reply
         reply = f"{code} {text}"
+        SMTP_SENDS.labels(sender.mailbox.name, "relayed" if code == 250 else "refused").inc()
+        TALLY.add("pecgw_relayed_bytes_total", ("smtp", "from_client"), len(message))
         try:  # the provider has answered: that answer is the client's, whatever the record does
             await asyncio.to_thread(self.services.sends.set_state, send_id, "relayed" if code == 250 else "refused",
                                     reply=reply)
@@ -293,6 +317,7 @@ class SubmissionHandler:
     def _duplicate(self, session, sender: Sender, previous, ref: MessageRef, why: str) -> str:
         self._audit(session, Action.SEND_DUPLICATE, Decision.ALLOW, sender=sender, message=ref, reason=why,
                     detail={"send_id": previous.id, "first_sent": previous.created})
+        SMTP_SENDS.labels(sender.mailbox.name, "duplicate").inc()
         return f"250 2.0.0 Already sent as {ref.message_id} ({why}); not sent again"
 
     async def handle_RSET(self, server, session, envelope):
@@ -354,7 +379,8 @@ class SubmissionHandler:
                                 f"vault entry {mailbox.password_vault_key!r} missing")
         provider = ProviderSubmission(mailbox.smtp, password.secret)
         try:
-            await provider.open()
+            with upstream_login("smtp", mailbox.name):
+                await provider.open()
         except ProviderError as exc:
             if exc.kind == "login_refused":
                 credentials.refused(password, exc.log)

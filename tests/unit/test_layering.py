@@ -39,6 +39,7 @@ PURE_MODULES = [
     "gateway.login",
     "gateway.access",
     "gateway.audit.events",
+    "gateway.tally",
     "policy",
 ]
 
