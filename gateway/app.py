@@ -29,9 +29,11 @@ from gateway.auth.otp import OtpVerifier
 from gateway.auth.throttle import Lockout, LoginThrottle
 from gateway.auth.trust import TrustWindow
 from gateway.config import ConfigError, GatewayConfig
+from gateway.health import Health
 from gateway.imap_proxy.server import ImapFront, Services
 from gateway.live_policy import LivePolicy
 from gateway.login_service import LoginService
+from gateway.mailbox_census import MailboxWatch
 from gateway.mailbox_credentials import MailboxCredentials
 from gateway.metrics import (AUDIT_ACCEPTING, AUDIT_QUEUE_DEPTH, AUDIT_STORE_UP, LIVE_SESSIONS, prepare_series,
                              scrape)
@@ -153,10 +155,15 @@ class Gateway:
         self.smtp = SmtpFront(self.services)  # no listeners without an [smtp] table
         # one provider session per sending mailbox, linking its receipts to the sends
         self.watchers = ReceiptWatchers(config, self.vault, self.sends, self.audit, credentials=self.credentials)
+        # each provider probed every [census] probe_interval: /readyz, `pecgw mailboxes`, quota warnings
+        self.census = MailboxWatch(config.mailboxes, self.credentials, config.census)
+        self.health = Health(directory=directory, audit=self.audit, census=self.census, credentials=self.credentials,
+                             spool=config.audit.on_store_failure == "spool", version=version())
         self.admin = AdminServer(config.admin, admin_verbs(self), token=admin_token(config, self.vault))
         self._access_task: asyncio.Task | None = None
         # the GET routes of the HTTP endpoint ([admin] http_listen), served from start() to stop()
         self.http_routes: dict[str, Route] = {"/metrics": scrape}
+        self.http_routes.update(self.health.routes())  # /healthz, /readyz
         self.http: HttpEndpoint | None = None
         self._stopped = asyncio.Event()
 
@@ -165,6 +172,7 @@ class Gateway:
         await self.imap.start()
         await self.smtp.start()
         self.watchers.start()
+        self.census.start()
         self._access_task = asyncio.get_running_loop().create_task(self.access.run())
         await self.admin.start()
         if self.config.admin.http_port is not None:
@@ -180,6 +188,7 @@ class Gateway:
             self._access_task.cancel()
             await asyncio.gather(self._access_task, return_exceptions=True)
         await self.watchers.stop()  # before the audit sink closes: their last rows go in
+        await self.census.stop()
         await self.smtp.stop()
         await self.imap.stop()
         await self.audit.close()

@@ -376,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sends_parser(sub, with_config)
 
+    from gateway.census_cli import add_parser as add_census_parser
+
+    add_census_parser(sub, with_config)
+
     demo = sub.add_parser("demo", help="run the gateway in front of an embedded sandbox PEC provider")
     demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its files")
     demo.add_argument("--imap-port", type=int, default=9993, help="implicit-TLS IMAP port (default 9993)")

@@ -27,6 +27,7 @@ __all__ = [
     "BruteForceConfig",
     "VaultConfig",
     "AuditConfig",
+    "CensusConfig",
     "GatewayConfig",
     "load_config",
     "parse_config",
@@ -218,6 +219,7 @@ class GatewayConfig:
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
     smtp: SmtpConfig | None = None  # None: no submission front
     admin: AdminConfig | None = None  # always set by parse_config
+    census: CensusConfig = field(default_factory=CensusConfig)
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,6 +552,18 @@ def _admin(t: _Table, vault: VaultConfig) -> AdminConfig:
     return cfg
 
 
+def _census(t: _Table) -> CensusConfig:
+    d = CensusConfig()
+    cfg = CensusConfig(probe_interval_s=t.float("probe_interval", d.probe_interval_s, minimum=0.1),
+                       probe_timeout_s=t.float("probe_timeout", d.probe_timeout_s, minimum=0.1),
+                       quota_warn=t.float("quota_warn", d.quota_warn, minimum=0.0),
+                       unhandled_age_s=t.float("unhandled_age", d.unhandled_age_s))
+    if cfg.quota_warn > 1:
+        raise t.error("quota_warn", f"is a share of the quota, between 0 and 1 (0.9 = 90%), not {cfg.quota_warn}")
+    t.done()
+    return cfg
+
+
 def parse_config(data: dict, source: Path) -> GatewayConfig:
     """Build a :class:`GatewayConfig` from parsed TOML; raises :class:`ConfigError`."""
     root = _Table(data, source, "")
@@ -594,10 +608,11 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     smtp_t = root.table("smtp")
     smtp = _smtp(smtp_t, imap) if smtp_t is not None else None
     admin = _admin(root.table("admin") or _Table({}, source, "admin"), vault)
+    census = _census(root.table("census") or _Table({}, source, "census"))
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
                          policy_file=policy_file, mailboxes=mailboxes, pid_file=pid_file,
-                         log_level=log_level, demo=demo, smtp=smtp, admin=admin)
+                         log_level=log_level, demo=demo, smtp=smtp, admin=admin, census=census)
 
 
 def load_config(path: Path | str) -> GatewayConfig:

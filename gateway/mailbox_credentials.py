@@ -87,6 +87,13 @@ class MailboxCredentials:
         self.vault = vault
         self._key = secrets.token_bytes(32)
         self._refused: dict[str, _Refusal] = {}
+        #: time.time() of the last login the provider accepted, per mailbox (any front, the
+        #: receipt watcher, the census probe): what ``pecgw mailboxes`` shows
+        self.last_accepted: dict[str, float] = {}
+        # time.monotonic() when a password was last handed out for a login, and when a login last
+        # ended (the provider's verdict, or :meth:`ended`): see :meth:`login_pending`
+        self._handed_out: dict[str, float] = {}
+        self._answered: dict[str, float] = {}
         for name in mailboxes:  # every configured mailbox has its series, 0 until refused
             MAILBOX_PASSWORD_REFUSED.labels(name).set(0)
 
@@ -122,6 +129,7 @@ class MailboxCredentials:
             log.debug("mailbox %s: provider login not attempted (%d since the refusal): the vault entry %r still "
                       "holds the refused password", mailbox.name, refusal.blocked, mailbox.password_vault_key)
             raise PasswordRefused(mailbox.name, mailbox.password_vault_key)
+        self._handed_out[mailbox.name] = time.monotonic()
         return MailboxPassword(mailbox.name, mailbox.password_vault_key, secret, digest)
 
     def blocked(self, mailbox) -> bool:
@@ -133,6 +141,20 @@ class MailboxCredentials:
         found = self._read(mailbox.password_vault_key)
         return found is not None and hmac.compare_digest(refusal.digest, found[1])
 
+    def login_pending(self, name: str, within_s: float) -> bool:
+        """Whether a password for the mailbox called ``name`` was handed out in the last
+        ``within_s`` seconds and no login has ended since: a login may be under way.  A login
+        that can wait (the census probe) waits for its verdict rather than try a password the
+        provider may be refusing at this moment -- at a start with a stale password, the
+        receipt watcher's try is then the only one."""
+        handed = self._handed_out.get(name)
+        return (handed is not None and time.monotonic() - handed < within_s
+                and self._answered.get(name, float("-inf")) < handed)
+
+    def ended(self, password: MailboxPassword) -> None:
+        """A login with ``password`` ended without the provider's verdict (unreachable, timeout)."""
+        self._answered[password.mailbox] = time.monotonic()
+
     def is_refused(self, name: str) -> bool:
         """Whether the mailbox called ``name`` is marked refused (the gauge's value)."""
         return name in self._refused
@@ -141,6 +163,7 @@ class MailboxCredentials:
     def refused(self, password: MailboxPassword, detail: str) -> None:
         """The provider refused ``password``; ``detail`` is why, in the provider's words (never
         the password).  Logged at ERROR the first time for this vault entry only."""
+        self._answered[password.mailbox] = time.monotonic()
         previous = self._refused.get(password.mailbox)
         if previous is not None and hmac.compare_digest(previous.digest, password.digest):
             log.debug("mailbox %s: the provider refused the password again (a login already under way): %s",
@@ -155,6 +178,8 @@ class MailboxCredentials:
 
     def accepted(self, password: MailboxPassword) -> None:
         """The provider accepted ``password``: the mailbox is clear again if it was refused."""
+        self.last_accepted[password.mailbox] = time.time()
+        self._answered[password.mailbox] = time.monotonic()
         refusal = self._refused.pop(password.mailbox, None)
         if refusal is None:
             return

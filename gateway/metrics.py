@@ -54,6 +54,21 @@ MAILBOX_LOGINS_BLOCKED = Counter(
     "pecgw_mailbox_logins_blocked_total", "Provider logins not attempted because the provider refused the mailbox "
     "password still in the vault (IMAP, SMTP and the receipt watcher)", ["mailbox"])
 
+# -- mailbox census (gateway/mailbox_census.py: the periodic probe of each provider)
+MAILBOX_UP = Gauge("pecgw_mailbox_up", "1 when the last probe logged in to the mailbox's provider with the vaulted "
+                   "password, 0 when it could not (unreachable, timeout, password refused or missing)", ["mailbox"])
+MAILBOX_QUOTA_USED_BYTES = Gauge("pecgw_mailbox_quota_used_bytes", "Storage used at the provider (IMAP QUOTA)",
+                                 ["mailbox"])
+MAILBOX_QUOTA_LIMIT_BYTES = Gauge("pecgw_mailbox_quota_limit_bytes", "Storage limit at the provider (IMAP QUOTA)",
+                                  ["mailbox"])
+MAILBOX_QUOTA_USED_RATIO = Gauge("pecgw_mailbox_quota_used_ratio", "Share of the provider's storage quota used "
+                                 "(0-1); a full PEC mailbox bounces incoming PEC", ["mailbox"])
+MAILBOX_QUOTA_OVER = Gauge("pecgw_mailbox_quota_over_threshold", "1 while the quota used is at or above [census] "
+                           "quota_warn, 0 otherwise", ["mailbox"])
+MAILBOX_INBOX_MESSAGES = Gauge("pecgw_mailbox_inbox_messages", "Messages in the mailbox's INBOX", ["mailbox"])
+MAILBOX_UNHANDLED_PEC = Gauge("pecgw_mailbox_unhandled_pec", "Unseen incoming PEC (busta di trasporto) in INBOX "
+                              "older than [census] unhandled_age", ["mailbox"])
+
 # -- logins (gateway/auth/authenticator.py, gateway/auth/throttle.py)
 LOGIN_FAILURES = Counter("pecgw_login_failures_total", "Failed authentications (directory password, OTP code, "
                          "lockout) by protocol and internal reason (bad_password, bad_otp, locked, ...: the client "

@@ -270,7 +270,7 @@ def test_admin_socket_is_private_and_refuses_garbage(gw):
     bad, nested, unknown, ping = (json.loads(line) for line in data.splitlines())
     assert bad["ok"] is False and bad["error"].startswith("not a JSON line")
     assert nested["ok"] is False and "recursion" in nested["error"]
-    assert unknown == {"ok": False, "error": "unknown verb 'nosuch' (known: kick, lift, otp-changed, ping, "
+    assert unknown == {"ok": False, "error": "unknown verb 'nosuch' (known: census, kick, lift, otp-changed, ping, "
                                              "reload, revocations, revoke, sessions)"}
     assert ping["ok"] is True and ping["result"]["pid"] == os.getpid()
 

@@ -259,7 +259,8 @@ def test_the_example_alert_rules_are_valid_and_name_served_metrics(gw):
     named = {m for r in rules for m in re.findall(r"\bpecgw_[a-z0-9_]+", r["expr"])}
     assert named, "the rules name no gateway metric"
     assert named <= served, f"not served by the gateway: {sorted(named - served)}"
-    # the list: audit store, lockouts, refused mailbox password, upstream errors
+    # the list: audit store, lockouts, refused mailbox password, upstream errors, quota
     for needed in ("pecgw_audit_store_up", "pecgw_audit_accepting", "pecgw_login_lockouts_total",
-                   "pecgw_mailbox_password_refused", "pecgw_upstream_login_errors_total"):
+                   "pecgw_mailbox_password_refused", "pecgw_upstream_login_errors_total",
+                   "pecgw_mailbox_quota_used_ratio"):
         assert needed in named, needed

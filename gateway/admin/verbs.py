@@ -6,6 +6,7 @@ Each verb is ``async (args, operator) -> JSON-ready result``; bad arguments rais
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from gateway.admin.server import AdminError, Handler
@@ -14,6 +15,7 @@ from gateway.audit.events import Action, AuditEvent, Decision, utc_now
 __all__ = ["MAX_REASON", "admin_verbs"]
 
 MAX_REASON = 500  # characters of a revocation's reason (the CLI checks it too, also with no gateway)
+CENSUS_WAIT_S = 20.0  # at most this long for probes before ``census`` answers with what it has
 _OTP_CHANGES = {"enrolled": Action.OTP_ENROLLED, "reset": Action.OTP_RESET}
 
 
@@ -66,5 +68,23 @@ def admin_verbs(gateway) -> dict[str, Handler]:
                                       detail={"by": operator, "trust_windows_dropped": windows}))
         return {"person": person, "trust_windows_dropped": windows}
 
+    async def census(args: dict, operator: str) -> dict:
+        """``pecgw mailboxes``: the latest probe of each mailbox (``refresh``: probe them now)."""
+        from gateway.mailbox_census import census_row
+
+        watch, cfg = gateway.census, gateway.config.census
+        wait_s = min(cfg.probe_timeout_s, CENSUS_WAIT_S)  # the CLI waits 30 s for an answer
+        if args.get("refresh") is True:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await watch.refresh()  # a round that takes longer goes on; the latest results are sent
+            except TimeoutError:
+                pass
+        else:
+            await watch.wait_first(wait_s)  # just started: the first round is under way
+        rows = [census_row(m, gateway.policy.current, watch.latest(name), gateway.credentials.last_accepted.get(name),
+                           cfg.quota_warn) for name, m in sorted(gateway.config.mailboxes.items())]
+        return {"quota_warn": cfg.quota_warn, "unhandled_age_s": cfg.unhandled_age_s, "mailboxes": rows}
+
     return {"ping": ping, "sessions": sessions, "revoke": revoke, "lift": lift, "revocations": revocations,
-            "kick": kick, "reload": reload, "otp-changed": otp_changed}
+            "kick": kick, "reload": reload, "otp-changed": otp_changed, "census": census}
