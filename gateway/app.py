@@ -160,12 +160,13 @@ class Gateway:
         self.health = Health(directory=directory, audit=self.audit, census=self.census, credentials=self.credentials,
                              spool=config.audit.on_store_failure == "spool", version=version())
         self.admin = AdminServer(config.admin, admin_verbs(self), token=admin_token(config, self.vault))
-        self._access_task: asyncio.Task | None = None
         # the GET routes of the HTTP endpoint ([admin] http_listen), served from start() to stop()
         self.http_routes: dict[str, Route] = {"/metrics": scrape}
         self.http_routes.update(self.health.routes())  # /healthz, /readyz
         self.http: HttpEndpoint | None = None
+        self._access_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second stop signal: end the running sessions without waiting
 
     async def start(self) -> None:
         self.audit.start()
@@ -180,17 +181,20 @@ class Gateway:
             await self.http.start()
 
     async def stop(self) -> None:
+        """Stop cleanly: the fronts first (nothing new is accepted; commands running finish
+        within ``shutdown_grace``), then the channels and watchers, and the audit sink last, so
+        every row is written."""
+        grace = self.config.shutdown_grace_s
+        await asyncio.gather(self.smtp.stop(grace, self._hurry), self.imap.stop(grace, self._hurry))
         if self.http is not None:
             await self.http.stop()
-        LIVE_SESSIONS.unwatch(self.services.live)
         await self.admin.stop()
+        LIVE_SESSIONS.unwatch(self.services.live)
         if self._access_task is not None:
             self._access_task.cancel()
             await asyncio.gather(self._access_task, return_exceptions=True)
         await self.watchers.stop()  # before the audit sink closes: their last rows go in
         await self.census.stop()
-        await self.smtp.stop()
-        await self.imap.stop()
         await self.audit.close()
         self.audit_store.close()
         self.sends.close()
@@ -211,14 +215,22 @@ class Gateway:
         return self.policy.reload()
 
     async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
-        """Run until SIGINT/SIGTERM, then stop cleanly; SIGHUP reloads the policy.
+        """Run until SIGINT/SIGTERM, then stop cleanly (:meth:`stop`); SIGHUP reloads the policy.
+        A second SIGINT/SIGTERM ends the sessions still running without waiting for the grace.
 
         ``ready`` is called once the signal handlers are in place: ``pecgw serve`` writes its pid
         file then, so a ``pecgw reload`` can never meet SIGHUP's default action (ending the process).
         """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        handlers = {signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGHUP: self.reload}
+
+        def on_stop() -> None:
+            if stop.is_set() and not self._hurry.is_set():
+                log.warning("stop signal repeated: ending the running sessions now")
+                self._hurry.set()
+            stop.set()
+
+        handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop, signal.SIGHUP: self.reload}
         for sig, handler in handlers.items():
             try:
                 loop.add_signal_handler(sig, handler)
@@ -227,5 +239,7 @@ class Gateway:
         if ready is not None:
             ready()
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping: no new connections; running commands may take up to %g s to finish "
+                 "(signal again to end them now)", self.config.shutdown_grace_s)
         await self.stop()
+        log.info("stopped")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 import time
@@ -45,7 +44,9 @@ def _config(args) -> GatewayConfig:
 # -- serve ------------------------------------------------------------------------------------
 def cmd_serve(args) -> int:
     config = _config(args)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
     from gateway.app import Gateway
     from gateway.pidfile import remove_pid, running_gateway, write_pid
 

@@ -19,6 +19,7 @@ from gateway.imap_proxy.session import SessionLimits
 __all__ = [
     "ConfigError",
     "ListenerConfig",
+    "ProxyProtocolConfig",
     "ImapConfig",
     "UpstreamConfig",
     "MailboxConfig",
@@ -50,6 +51,15 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class ProxyProtocolConfig:
+    """``proxy_protocol = true`` in ``[imap]`` / ``[smtp]``: every connection to those listeners
+    must come from ``trusted`` and open with a PROXY v1/v2 header (gateway/proxy_listener.py)."""
+
+    trusted: tuple  # ipaddress.IPv4Network / IPv6Network: the load balancers' addresses
+    timeout_s: float = 5.0  # a trusted peer that sends no complete header by then is refused
+
+
+@dataclass(frozen=True)
 class ImapConfig:
     listeners: tuple[ListenerConfig, ...]
     cert_file: Path | None
@@ -59,6 +69,7 @@ class ImapConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     preauth_timeout_s: float = 60.0
     idle_timeout_s: float = 1860.0  # RFC 3501 §5.4: autologout timer at least 30 minutes
+    proxy_protocol: ProxyProtocolConfig | None = None  # None: clients connect directly
 
 
 @dataclass(frozen=True)
@@ -93,9 +104,11 @@ class SmtpConfig:
     tls_min_version: str = "TLSv1.2"
     max_message_bytes: int = 100 * 1000 * 1000
     timeout_s: float = 300.0  # RFC 5321 section 4.5.3.2.7: at least 5 minutes
+    preauth_timeout_s: float = 60.0  # from the connection to a successful AUTH, like [imap] preauth_timeout
     #: A retried PEC whose earlier attempt has an unknown outcome (the connection broke after
     #: DATA) and no accettazione yet: refused with 451 for this long, then sent again.
     unknown_outcome_wait_s: float = 600.0
+    proxy_protocol: ProxyProtocolConfig | None = None  # None: clients connect directly
 
 
 @dataclass(frozen=True)
@@ -216,6 +229,8 @@ class GatewayConfig:
     mailboxes: dict[str, MailboxConfig]
     pid_file: Path  # written by 'pecgw serve', read by 'pecgw reload'; default <vault folder>/pecgw.pid
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line, gateway/logs.py)
+    shutdown_grace_s: float = 30.0  # SIGTERM: how long running commands may take to finish
     demo: bool = False  # demo installs only: allows 'pecgw otp code'
     smtp: SmtpConfig | None = None  # None: no submission front
     admin: AdminConfig | None = None  # always set by parse_config
@@ -308,6 +323,26 @@ def _listener(text: str, t: _Table, name: str, tls: str) -> ListenerConfig:
     return ListenerConfig(host.strip("[]") or "0.0.0.0", int(port), tls)
 
 
+def _proxy_protocol(t: _Table) -> ProxyProtocolConfig | None:
+    """``proxy_protocol``, ``proxy_trusted`` and ``proxy_timeout`` of a listener group."""
+    import ipaddress
+
+    enabled = t.bool("proxy_protocol", False)
+    trusted = []
+    for text in t.strings("proxy_trusted"):
+        try:
+            trusted.append(ipaddress.ip_network(text))
+        except ValueError as exc:
+            raise t.error("proxy_trusted", f"{text!r} is not a network such as \"10.0.0.0/8\" ({exc})") from None
+    timeout = t.float("proxy_timeout", 5.0, minimum=0.1)
+    if not enabled:
+        return None
+    if not trusted:
+        raise t.error("proxy_trusted", "required with proxy_protocol = true: the load balancers' addresses "
+                                       "(a PROXY header is never taken from anyone else)")
+    return ProxyProtocolConfig(trusted=tuple(trusted), timeout_s=timeout)
+
+
 def _imap(t: _Table) -> ImapConfig:
     listeners = [_listener(x, t, "listen_tls", "implicit") for x in t.strings("listen_tls")]
     listeners += [_listener(x, t, "listen_starttls", "starttls") for x in t.strings("listen_starttls")]
@@ -329,6 +364,7 @@ def _imap(t: _Table) -> ImapConfig:
         limits=limits,
         preauth_timeout_s=t.float("preauth_timeout", 60.0, minimum=1.0),
         idle_timeout_s=t.float("idle_timeout", 1860.0, minimum=1.0),
+        proxy_protocol=_proxy_protocol(t),
     )
     if (cfg.cert_file is None) != (cfg.key_file is None):
         raise t.error("cert_file", "cert_file and key_file go together")
@@ -351,7 +387,9 @@ def _smtp(t: _Table, imap: ImapConfig) -> SmtpConfig:
         tls_min_version=t.str("tls_min_version", imap.tls_min_version, choices=("TLSv1.2", "TLSv1.3")),
         max_message_bytes=t.int("max_message_size", 100 * 1000 * 1000, minimum=1024),
         timeout_s=t.float("timeout", 300.0, minimum=1.0),
+        preauth_timeout_s=t.float("preauth_timeout", 60.0, minimum=1.0),
         unknown_outcome_wait_s=t.float("unknown_outcome_wait", 600.0, minimum=0.0),
+        proxy_protocol=_proxy_protocol(t),
     )
     t.done()
     return cfg
@@ -599,6 +637,8 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     if not mailboxes:
         raise mt.error("", "at least one mailbox is required")
     log_level = root.str("log_level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format = root.str("log_format", "text", choices=("text", "json"))
+    shutdown_grace = root.float("shutdown_grace", 30.0)
     demo = root.bool("demo", False)
     # The vault's folder is the one the gateway must be able to write anyway (vault set, OTP
     # enrolment), so the pid file lives there unless the operator says otherwise.
@@ -612,7 +652,8 @@ def parse_config(data: dict, source: Path) -> GatewayConfig:
     root.done()
     return GatewayConfig(source=source, imap=imap, auth=auth, vault=vault, audit=audit,
                          policy_file=policy_file, mailboxes=mailboxes, pid_file=pid_file,
-                         log_level=log_level, demo=demo, smtp=smtp, admin=admin, census=census)
+                         log_level=log_level, log_format=log_format, shutdown_grace_s=shutdown_grace, demo=demo,
+                         smtp=smtp, admin=admin, census=census)
 
 
 def load_config(path: Path | str) -> GatewayConfig:

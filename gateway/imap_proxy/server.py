@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway import proxy_listener
 from gateway.config import GatewayConfig, ListenerConfig
 from gateway.imap_proxy import actions as act
 from gateway.imap_proxy.identity import IdentityCache
@@ -26,6 +27,7 @@ from gateway.login import Failure, LoginResult
 from gateway.mailbox_credentials import CLIENT_TEXT as REFUSED_TEXT
 from gateway.mailbox_credentials import REFUSED_REASON, MailboxCredentials, PasswordRefused
 from gateway.metrics import count_login, upstream_login
+from gateway.shutdown import wait_within
 
 __all__ = ["ImapFront", "server_tls_context"]
 
@@ -73,7 +75,9 @@ class Connection:
     every chunk, which feeds the session and writes the replies to the client at once.
     """
 
-    def __init__(self, services: Services, listener: ListenerConfig, reader, writer) -> None:
+    def __init__(self, services: Services, listener: ListenerConfig, reader, writer,
+                 client: tuple[str, int] | None = None) -> None:
+        """``client``: the address a PROXY header gave (gateway/proxy_listener.py); else the peer's."""
         self.s = services
         self.reader, self.writer = reader, writer
         self.up: UpstreamSession | None = None
@@ -85,7 +89,7 @@ class Connection:
         self.task: asyncio.Task | None = None
         self._preauth_deadline = 0.0
         self._upstream_activity = time.monotonic()
-        peer = writer.get_extra_info("peername") or ("?", 0)
+        peer = client or writer.get_extra_info("peername") or ("?", 0)
         cfg = services.config.imap
         self.session = ImapSession(
             session_id=secrets.token_hex(8), client_ip=str(peer[0]), policy=services.policy,
@@ -416,6 +420,7 @@ class ImapFront:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._servers: list[tuple[ListenerConfig, asyncio.base_events.Server]] = []
+        self._stopping = False
 
     async def start(self) -> None:
         cfg = self.services.config.imap
@@ -425,13 +430,23 @@ class ImapFront:
             if listener.tls == "implicit" and ctx is None:
                 raise RuntimeError("an implicit-TLS listener needs cert_file and key_file")
 
-            async def handle(reader, writer, listener=listener):
-                await Connection(self.services, listener, reader, writer).run()
+            async def handle(reader, writer, client=None, listener=listener):
+                conn = Connection(self.services, listener, reader, writer, client)
+                if self._stopping:  # accepted before the listeners closed (its TLS handshake ran on)
+                    await conn._perform(conn.session.shutting_down())  # "* BYE" as the greeting
+                    return
+                await conn.run()
 
-            server = await asyncio.start_server(handle, listener.host, listener.port, ssl=ctx,
-                                                ssl_handshake_timeout=15 if ctx else None)
+            if cfg.proxy_protocol is not None:  # behind a load balancer: its PROXY header, then TLS
+                server = await proxy_listener.serve(
+                    listener.host, listener.port, proxy_listener.stream_protocol(handle),
+                    settings=cfg.proxy_protocol, ssl_context=ctx, what="IMAP")
+            else:
+                server = await asyncio.start_server(handle, listener.host, listener.port, ssl=ctx,
+                                                    ssl_handshake_timeout=15 if ctx else None)
             self._servers.append((listener, server))
-            log.info("IMAP listening on %s:%d (%s)", listener.host, self.port_of(server), listener.tls)
+            log.info("IMAP listening on %s:%d (%s%s)", listener.host, self.port_of(server), listener.tls,
+                     ", PROXY protocol" if cfg.proxy_protocol is not None else "")
 
     @staticmethod
     def port_of(server) -> int:
@@ -444,16 +459,32 @@ class ImapFront:
             out.setdefault(listener.tls, self.port_of(server))
         return out
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop listening, tell every client ``* BYE`` and wait for the connections to wind down."""
+    async def stop(self, grace_s: float = 5.0, hurry: asyncio.Event | None = None) -> None:
+        """Stop listening, then end every session with ``* BYE``: an idle one (or one in IDLE) at
+        once, one with commands running once they are answered and audited — within ``grace_s``
+        (or until ``hurry`` is set), after which the rest are ended anyway."""
+        self._stopping = True
         for _, server in self._servers:
             server.close()
         conns = list(self.services.sessions)
-        for conn in conns:
-            await conn._perform(conn.session.shutting_down())
+        # together: each close may wait a moment for the client's TLS close_notify
+        await asyncio.gather(*(conn._perform(conn.session.shutting_down()) for conn in conns),
+                             return_exceptions=True)
         tasks = [c.task for c in conns if c.task is not None and not c.task.done()]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            busy = sum(1 for c in conns if c.session.stopping)
+            if busy:
+                log.info("stopping: %d IMAP sessions finish their running commands first (at most %g s)",
+                         busy, grace_s)
+            pending = await wait_within(tasks, grace_s, hurry)
+            if pending:
+                late = [c for c in conns if c.task in pending]
+                log.warning("stopping: ending %d IMAP sessions with commands still running (%s)", len(late),
+                            "stop signal repeated" if hurry is not None and hurry.is_set()
+                            else f"shutdown grace of {grace_s:g} s is over")
+                await asyncio.gather(*(conn._perform(conn.session.shutting_down(now=True)) for conn in late),
+                                     return_exceptions=True)
+                _, pending = await asyncio.wait(pending, timeout=_CLOSE_GRACE_S * 2)
             for task in pending:
                 task.cancel()
         for _, server in self._servers:

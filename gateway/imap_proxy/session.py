@@ -59,6 +59,9 @@ _SETS_AUDITED = frozenset({"FETCH", "STORE", "COPY", "MOVE", "EXPUNGE"})
 #: Capabilities the gateway adds after login: it answers RFC 4314 ACL commands from the policy.
 GATEWAY_CAPABILITIES = ["ACL", "RIGHTS=texk"]
 
+#: The BYE text of a gateway that stops (RFC 3501 §7.1.5; RFC 5530 UNAVAILABLE: try again later).
+SHUTDOWN_TEXT = b"[UNAVAILABLE] Gateway shutting down"
+
 
 @dataclass(frozen=True)
 class SessionLimits:
@@ -132,6 +135,7 @@ class ImapSession(PreauthVerbs):
         self._logout_entry: InFlightEntry | None = None
         self._provider_said_bye = False
         self._draining: str | None = None  # the client left with audited commands running: why
+        self._stopping = False  # the gateway stops: no new command is read, BYE once the running ones end
         self._started = clock()
         self.bytes_from_client = 0
         self.bytes_to_client = 0
@@ -259,11 +263,37 @@ class ImapSession(PreauthVerbs):
         text = b"Login timeout" if what == "preauth" else b"Autologout; idle for too long"
         return self._count_out(self._bye(text, reason=f"{what}_timeout"))
 
-    def shutting_down(self) -> list:
-        """The gateway is stopping: say so and close (RFC 3501 §7.1.5 BYE)."""
+    def shutting_down(self, *, now: bool = False) -> list:
+        """The gateway is stopping: say so and close (RFC 3501 §7.1.5 BYE).
+
+        A session with nothing running — idle, in IDLE (which only waits for news), or logging
+        in (a login finished only to be ended at once is worth nothing) — gets the BYE at once.
+        One with commands running at the provider (a bulk FETCH streaming, the gateway's own
+        identity lookups) reads no new command and gets the BYE as soon as they are answered and
+        their audit rows made.  ``now`` (the grace period is over) ends it whatever runs; the rows
+        still waiting for a message identity are written as they are.
+        """
         if self.state is SessionState.LOGOUT:
             return []
-        return self._count_out(self._bye(b"[UNAVAILABLE] Gateway shutting down", reason="shutdown"))
+        if now or not self._busy():
+            return self._count_out(self._bye(SHUTDOWN_TEXT, reason="shutdown"))
+        self._stopping = True
+        return []
+
+    def _busy(self) -> bool:
+        """Is something running at the provider that a graceful stop lets finish?  Not an IDLE
+        the client has not ended: it runs until the client's DONE, which may never come."""
+        if self.state is not SessionState.AUTHENTICATED:
+            return False
+        oldest = self.inflight.oldest_relayed()
+        if oldest is not None and not (self._idling and oldest is self._idle_entry):
+            return True
+        return self._held is not None or (self._ids is not None and bool(self._ids.outstanding))
+
+    @property
+    def stopping(self) -> bool:
+        """True while a graceful stop waits for this session's running commands."""
+        return self._stopping and self.state is not SessionState.LOGOUT
 
     def ended_by_gateway(self, text: bytes, reason: str) -> list:
         """IT or the directory check ended this session (revoked, kicked, access withdrawn): tell
@@ -298,7 +328,8 @@ class ImapSession(PreauthVerbs):
         and while too many commands are in flight — except during IDLE, when the client's next
         line is the ``DONE`` that ends it.
         """
-        if self.state is SessionState.AUTHENTICATING or self._held is not None or self._draining is not None:
+        if (self.state is SessionState.AUTHENTICATING or self._held is not None or self._draining is not None
+                or self._stopping):
             return True
         if self._ids is not None and self._ids.waiting and not self._idling:
             return True  # the identity lookups go when nothing else is in flight
@@ -335,6 +366,8 @@ class ImapSession(PreauthVerbs):
                 continue
             out += self._on_client_frame(event)
         # a login may have started while frames remain in the framer: they wait there
+        if self._stopping and self.state is not SessionState.LOGOUT and not self._busy():
+            out += self._bye(SHUTDOWN_TEXT, reason="shutdown")  # what ran is answered: the gateway stops
         return out
 
     def _on_client_frame(self, frame: Frame) -> list:
@@ -491,6 +524,8 @@ class ImapSession(PreauthVerbs):
         if (self._ids is None or self._held is not None or self._idling
                 or self.inflight.oldest_relayed() is not None or self.state is not SessionState.AUTHENTICATED):
             return []
+        if self._stopping:
+            self._ids.prime_wanted = False  # stopping: only rows waiting for an identity are looked up
         lines, rows = self._ids.commands()
         return [self._row(h) for h in rows] + self._send_own(lines)
 

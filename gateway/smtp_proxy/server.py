@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiosmtpd.smtp import SMTP
 
+from gateway import proxy_listener
 from gateway.config import ListenerConfig
 from gateway.imap_proxy.server import server_tls_context
+from gateway.shutdown import wait_within
 from gateway.smtp_proxy.handler import SubmissionHandler
 
 __all__ = ["SmtpFront"]
@@ -24,22 +27,86 @@ log = logging.getLogger("pecgw.smtp")
 
 IDENT = "PEC Gateway ESMTP"
 
+#: RFC 5321 §3.8 and RFC 3463 4.3.2 (system not accepting network messages): the gateway stops.
+SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down\r\n"
+#: RFC 3463 4.4.2: no successful AUTH within [smtp] preauth_timeout of connecting.
+PREAUTH_TIMEOUT_REPLY = b"421 4.4.2 Login timeout\r\n"
+_CLOSE_GRACE_S = 1.0  # how long a client gets to acknowledge TLS close_notify
+
 
 class _SubmissionSMTP(SMTP):
     """aiosmtpd's protocol, telling the handler when a client connection ends (to close the
     provider connection that belongs to it) and keeping the live connections known."""
 
-    def __init__(self, handler: SubmissionHandler, live: set, *, implicit_tls: bool, endings: set, **kwargs) -> None:
+    def __init__(self, handler: SubmissionHandler, live: set, *, implicit_tls: bool, endings: set,
+                 preauth_timeout: float | None = None, client: tuple[str, int] | None = None,
+                 front_stopping: Callable[[], bool] = lambda: False, **kwargs) -> None:
         super().__init__(handler, auth_require_tls=True, **kwargs)
+        self._client = client  # the address a PROXY header gave (gateway/proxy_listener.py)
         if implicit_tls:
             # aiosmtpd counts only STARTTLS as TLS; on the implicit-TLS port every octet is
             # already encrypted, so AUTH is allowed at once (the requirement holds, not its check)
             self._auth_require_tls = False
         self._live, self._endings = live, endings
+        self._awaiting_reply = False  # the client sent something not answered yet: a command runs
+        self._stopping = False  # the gateway stops: 421 after the reply to the running command
+        self._front_stopping = front_stopping
+        self.gone: asyncio.Future = self.loop.create_future()  # done when the connection is lost
+        self._preauth_timeout = preauth_timeout
+        self._preauth_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        if self._client is not None:  # the session (new again after STARTTLS) audits the real client
+            self.session.peer = self._client
         self._live.add(self)
+        if self._front_stopping():  # accepted before the listeners closed (its TLS handshake ran on)
+            self.say_goodbye()  # 421 as the greeting (RFC 5321 §3.1)
+            return
+        if self._preauth_timer is None and self._preauth_timeout:  # once: not again after STARTTLS
+            self._preauth_timer = self.loop.call_later(self._preauth_timeout, self._preauth_expired)
+
+    def _preauth_expired(self) -> None:
+        """aiosmtpd's ``timeout`` starts again at every command: without this deadline a client
+        that never logs in could keep its connection for ever by sending NOOPs (as for IMAP's
+        ``preauth_timeout``, the time counts from the connection's start)."""
+        if self.session is None or self.session.authenticated or self.transport is None:
+            return
+        if self._awaiting_reply:  # an AUTH being checked: its answer decides
+            self._preauth_timer = self.loop.call_later(1.0, self._preauth_expired)
+            return
+        log.info("SMTP connection from %s: no login within %g s; closing", _peer(self), self._preauth_timeout)
+        self.say_goodbye(PREAUTH_TIMEOUT_REPLY)
+
+    def data_received(self, data: bytes) -> None:
+        self._awaiting_reply = True
+        super().data_received(data)
+
+    async def push(self, status) -> None:
+        await super().push(status)
+        code = status[:3] if isinstance(status, bytes) else status[:3].encode("ascii", "replace")
+        if code.startswith(b"3"):
+            return  # 334 (AUTH) or 354 (DATA): the command goes on
+        self._awaiting_reply = False
+        if self._stopping and code not in (b"220", b"221"):  # not before a TLS handshake, nor after QUIT
+            self.say_goodbye()
+
+    def shut_down(self) -> None:
+        """The gateway stops: an idle connection gets 421 now; one with a command running (an
+        AUTH being checked, a message being received or relayed) once that command is answered."""
+        if self._awaiting_reply:
+            self._stopping = True
+        else:
+            self.say_goodbye()
+
+    def say_goodbye(self, reply: bytes = SHUTDOWN_REPLY) -> None:
+        """421 and close (the client may reconnect to another instance, or later)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(reply)
+            transport.close()
+            # TLS waits for the client's close_notify, which a client may never send
+            self.loop.call_later(_CLOSE_GRACE_S, transport.abort)
 
     def eof_received(self):
         """The client closed its side (or vanished without QUIT): the provider connection goes
@@ -58,8 +125,17 @@ class _SubmissionSMTP(SMTP):
         session = self.session
         super().connection_lost(error)
         self._live.discard(self)
+        if not self.gone.done():
+            self.gone.set_result(None)
+        if self._preauth_timer is not None:
+            self._preauth_timer.cancel()
         if session is not None:  # a send still being relayed finishes first (see the handler)
             self._spawn_closed(session)
+
+
+def _peer(conn: SMTP) -> str:
+    peer = conn.session.peer if conn.session is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
 
 class SmtpFront:
@@ -71,6 +147,7 @@ class SmtpFront:
         self._servers: list[tuple[ListenerConfig, asyncio.base_events.Server]] = []
         self.connections: set[_SubmissionSMTP] = set()
         self._endings: set[asyncio.Task] = set()  # connections winding down (a send finishing)
+        self._stopping = False
 
     async def start(self) -> None:
         cfg = self.services.config.smtp
@@ -81,19 +158,27 @@ class SmtpFront:
         for listener in cfg.listeners:
             starttls = listener.tls == "starttls"
 
-            def factory(starttls=starttls):
+            def factory(client=None, starttls=starttls):
                 return _SubmissionSMTP(
                     self.handler, self.connections, implicit_tls=not starttls, endings=self._endings,
-                    hostname=None, ident=IDENT,
+                    hostname=None, ident=IDENT, preauth_timeout=cfg.preauth_timeout_s,
+                    front_stopping=lambda: self._stopping,
                     data_size_limit=cfg.max_message_bytes, tls_context=ctx if starttls else None,
-                    require_starttls=starttls, auth_required=True, timeout=cfg.timeout_s, loop=loop)
+                    require_starttls=starttls, auth_required=True, timeout=cfg.timeout_s, loop=loop,
+                    client=client)
 
-            server = await loop.create_server(factory, listener.host, listener.port,
-                                              ssl=None if starttls else ctx,
-                                              ssl_handshake_timeout=None if starttls else 15)
+            if cfg.proxy_protocol is not None:  # behind a load balancer: its PROXY header, then TLS
+                server = await proxy_listener.serve(listener.host, listener.port, factory,
+                                                    settings=cfg.proxy_protocol, ssl_context=None if starttls else ctx,
+                                                    what="SMTP")
+            else:
+                server = await loop.create_server(factory, listener.host, listener.port,
+                                                  ssl=None if starttls else ctx,
+                                                  ssl_handshake_timeout=None if starttls else 15)
             self._servers.append((listener, server))
-            log.info("SMTP submission listening on %s:%d (%s)", listener.host,
-                     server.sockets[0].getsockname()[1], listener.tls)
+            log.info("SMTP submission listening on %s:%d (%s%s)", listener.host,
+                     server.sockets[0].getsockname()[1], listener.tls,
+                     ", PROXY protocol" if cfg.proxy_protocol is not None else "")
 
     def bound_ports(self) -> dict[str, int]:
         """Bound port per listener kind, first listener of each kind (useful with port 0)."""
@@ -102,17 +187,31 @@ class SmtpFront:
             out.setdefault(listener.tls, server.sockets[0].getsockname()[1])
         return out
 
-    async def stop(self, grace_s: float = 30.0) -> None:
-        """Stop listening and close every connection; a send being relayed is let finish (its
-        record and audit rows are written before the stores close)."""
+    async def stop(self, grace_s: float = 30.0, hurry: asyncio.Event | None = None) -> None:
+        """Stop listening, then close every connection with ``421 4.3.2``: an idle one at once,
+        one with a command running (a message being received or relayed) once it is answered —
+        within ``grace_s`` (or until ``hurry`` is set), after which the rest are closed anyway.
+        A send still being relayed then runs on within the grace period, so its record and audit
+        rows are written before the stores close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        self._stopping = True
         for _, server in self._servers:
             server.close()
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+        conns = list(self.connections)
+        for conn in conns:
+            conn.shut_down()
+        pending = await wait_within([c.gone for c in conns], grace_s, hurry)
+        if pending:
+            log.warning("stopping: closing %d SMTP connections with a command still running", len(pending))
+            for conn in conns:
+                if not conn.gone.done():
+                    conn.say_goodbye()
         await asyncio.sleep(0)  # let connection_lost run
         if self._endings:
-            await asyncio.wait(list(self._endings), timeout=grace_s)
+            left = await wait_within(list(self._endings), max(deadline - loop.time(), _CLOSE_GRACE_S), hurry)
+            if left:
+                log.warning("stopping: %d sends to the provider had not finished", len(left))
         for _, server in self._servers:
             await server.wait_closed()
         self._servers.clear()

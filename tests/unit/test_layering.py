@@ -40,6 +40,7 @@ PURE_MODULES = [
     "gateway.access",
     "gateway.audit.events",
     "gateway.tally",
+    "gateway.proxy_protocol",
     "policy",
 ]
 
