@@ -13,7 +13,7 @@ import time
 from tests.fixtures.gateway import GatewayHarness, office_policy
 
 
-def test_a_client_that_never_logs_in_is_closed_at_the_preauth_deadline(tmp_path, pki):
+def start(tmp_path, pki) -> GatewayHarness:
     h = GatewayHarness(tmp_path / "gw", pki)
     users = tmp_path / "users.toml"
     users.write_text("")
@@ -22,7 +22,11 @@ def test_a_client_that_never_logs_in_is_closed_at_the_preauth_deadline(tmp_path,
                            mailboxes={"protocollo": {"address": "protocollo@pec.example.it",
                                                      "imap": {"host": "localhost", "username": "protocollo"}}})
     tables["smtp"] = {"listen_tls": [], "listen_starttls": ["127.0.0.1:0"], "preauth_timeout": 1.5}
-    h.start(tables)
+    return h.start(tables)
+
+
+def test_a_client_that_never_logs_in_is_closed_at_the_preauth_deadline(tmp_path, pki):
+    h = start(tmp_path, pki)
     try:
         sock = socket.create_connection(("127.0.0.1", h.smtp_ports["starttls"]), timeout=10)
         started = time.monotonic()
@@ -43,6 +47,37 @@ def test_a_client_that_never_logs_in_is_closed_at_the_preauth_deadline(tmp_path,
         assert line == b"421 4.4.2 Login timeout\r\n"
         assert replies.readline() == b""
         assert 1.4 <= time.monotonic() - started < 10
+        sock.close()
+    finally:
+        h.stop()
+
+
+def test_half_a_command_kept_waiting_does_not_hold_off_the_deadline(tmp_path, pki):
+    """Was: any byte received marked a command as running, and the deadline waited for its
+    answer: a client answering each 250 with the first byte of its next command stayed for ever."""
+    h = start(tmp_path, pki)
+    try:
+        sock = socket.create_connection(("127.0.0.1", h.smtp_ports["starttls"]), timeout=10)
+        started = time.monotonic()
+        replies = sock.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        line = b""
+        try:
+            sock.sendall(b"N")
+            while time.monotonic() - started < 10:
+                if select.select([sock], [], [], 0.3)[0]:
+                    line = replies.readline()
+                    if not line.startswith(b"250 "):
+                        break
+                    sock.sendall(b"N")  # the next command begins, and waits
+                else:
+                    sock.sendall(b"OOP\r\n")  # ... and ends: aiosmtpd's idle timer starts again
+        except ConnectionResetError:
+            # our "N" reached a socket the gateway had just closed: the kernel's reset can overtake
+            # the 421; what counts then is that the gateway closed it, and when
+            line = b"(reset)"
+        assert line in (b"421 4.4.2 Login timeout\r\n", b"(reset)")
+        assert 1.4 <= time.monotonic() - started < 5
         sock.close()
     finally:
         h.stop()

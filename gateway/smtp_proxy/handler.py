@@ -61,11 +61,18 @@ AUDIT_DOWN = "451 4.3.0 The audit trail cannot be written now; nothing was sent,
 
 
 def _counted(command: str):
-    """Count the hook's reply in ``pecgw_smtp_commands_total{command,result}``."""
+    """Count the hook's reply in ``pecgw_smtp_commands_total{command,result}``, and mark the
+    connection busy while the hook runs."""
     def wrap(hook):
         @functools.wraps(hook)
         async def counted(self, server, session, envelope, *args):
-            reply = await hook(self, server, session, envelope, *args)
+            # the connection is busy while a hook decides (a graceful stop and the pre-login
+            # deadline wait for the answer, gateway/smtp_proxy/server.py)
+            server.hooks_running = getattr(server, "hooks_running", 0) + 1
+            try:
+                reply = await hook(self, server, session, envelope, *args)
+            finally:
+                server.hooks_running -= 1
             count_smtp_command(command, reply)
             return reply
         return counted

@@ -32,6 +32,7 @@ SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down\r\n"
 #: RFC 3463 4.4.2: no successful AUTH within [smtp] preauth_timeout of connecting.
 PREAUTH_TIMEOUT_REPLY = b"421 4.4.2 Login timeout\r\n"
 _CLOSE_GRACE_S = 1.0  # how long a client gets to acknowledge TLS close_notify
+_PREAUTH_AUTH_WAIT_S = 30.0  # past the pre-login deadline, an AUTH being checked may take this long
 
 
 class _SubmissionSMTP(SMTP):
@@ -48,7 +49,9 @@ class _SubmissionSMTP(SMTP):
             # already encrypted, so AUTH is allowed at once (the requirement holds, not its check)
             self._auth_require_tls = False
         self._live, self._endings = live, endings
-        self._awaiting_reply = False  # the client sent something not answered yet: a command runs
+        self.hooks_running = 0  # AUTH, MAIL, RCPT or DATA being decided (the handler counts them)
+        self._in_data = False  # after 354: the message is being received
+        self._preauth_extra = 0.0  # how long the pre-login deadline waited for an AUTH being checked
         self._stopping = False  # the gateway stops: 421 after the reply to the running command
         self._front_stopping = front_stopping
         self.gone: asyncio.Future = self.loop.create_future()  # done when the connection is lost
@@ -72,29 +75,38 @@ class _SubmissionSMTP(SMTP):
         ``preauth_timeout``, the time counts from the connection's start)."""
         if self.session is None or self.session.authenticated or self.transport is None:
             return
-        if self._awaiting_reply:  # an AUTH being checked: its answer decides
+        if self.hooks_running and self._preauth_extra < _PREAUTH_AUTH_WAIT_S:  # an AUTH being checked
+            self._preauth_extra += 1.0
             self._preauth_timer = self.loop.call_later(1.0, self._preauth_expired)
             return
         log.info("SMTP connection from %s: no login within %g s; closing", _peer(self), self._preauth_timeout)
         self.say_goodbye(PREAUTH_TIMEOUT_REPLY)
 
-    def data_received(self, data: bytes) -> None:
-        self._awaiting_reply = True
-        super().data_received(data)
+    @property
+    def busy(self) -> bool:
+        """A command is being decided or a message received: a graceful stop lets it finish.
+        Bytes merely received are not enough (a client holding half a line would never be idle)."""
+        return self.hooks_running > 0 or self._in_data
 
     async def push(self, status) -> None:
         await super().push(status)
-        code = status[:3] if isinstance(status, bytes) else status[:3].encode("ascii", "replace")
-        if code.startswith(b"3"):
-            return  # 334 (AUTH) or 354 (DATA): the command goes on
-        self._awaiting_reply = False
-        if self._stopping and code not in (b"220", b"221"):  # not before a TLS handshake, nor after QUIT
+        reply = status if isinstance(status, bytes) else status.encode("ascii", "replace")
+        if reply[3:4] == b"-":
+            return  # a line of a multi-line reply (EHLO): the reply goes on
+        code = reply[:3]
+        if code == b"354":
+            self._in_data = True  # the message comes now; the DATA hook answers it
+            return
+        if code == b"334":
+            return  # an AUTH challenge: the client answers next
+        self._in_data = False
+        if self._stopping and not self.busy and code not in (b"220", b"221"):  # not before TLS, nor after QUIT
             self.say_goodbye()
 
     def shut_down(self) -> None:
         """The gateway stops: an idle connection gets 421 now; one with a command running (an
         AUTH being checked, a message being received or relayed) once that command is answered."""
-        if self._awaiting_reply:
+        if self.busy:
             self._stopping = True
         else:
             self.say_goodbye()
