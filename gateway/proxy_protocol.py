@@ -138,7 +138,15 @@ def _v1_address(text: str, version: int) -> str:
         raise ProxyHeaderError("PROXY v1 line with an invalid address") from None
     if address.version != version or "%" in text:
         raise ProxyHeaderError(f"PROXY v1 line with an address that is not plain IPv{version}")
-    return str(address)
+    return _plain(address)
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as the audit trail writes it: an IPv4-mapped IPv6 one (``::ffff:1.2.3.4``, what a
+    balancer listening on ``:::993 v4v6`` sends) as its IPv4 form, so searches and the
+    brute-force counters see one spelling per client."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else address)
 
 
 def _v1_port(text: str) -> int:
@@ -168,8 +176,8 @@ def _parse_v2(data: bytes) -> ProxyHeader:
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", payload)
     else:  # a unix socket: no IP endpoints to take
         return ProxyHeader(2, False, None, None, len(data))
-    source = (str(ipaddress.ip_address(src)), sport)
-    destination = (str(ipaddress.ip_address(dst)), dport)
+    source = (_plain(ipaddress.ip_address(src)), sport)
+    destination = (_plain(ipaddress.ip_address(dst)), dport)
     return ProxyHeader(2, False, source, destination, len(data))
 
 

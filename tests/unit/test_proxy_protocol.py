@@ -230,3 +230,13 @@ def test_proxy_protocol_config_errors_name_the_key(tmp_path, override, key, mess
     with pytest.raises(ConfigError, match=message) as info:
         parse_config(minimal(**override), tmp_path / "gw.toml")
     assert info.value.key == key
+
+
+def test_ipv4_mapped_addresses_are_written_as_ipv4():
+    """A balancer listening on ``:::993 v4v6`` reports IPv4 clients as ``::ffff:a.b.c.d``: the
+    audit trail and the brute-force counters must see the one spelling an auditor searches for."""
+    v1 = parse(b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:10.0.0.5 51234 993\r\n")
+    assert (v1.source, v1.destination) == (("192.0.2.7", 51234), ("10.0.0.5", 993))
+    v2_header = parse(v2_inet6(src="::ffff:192.0.2.7", dst="::ffff:10.0.0.5", sport=51234, dport=993))
+    assert (v2_header.source, v2_header.destination) == (("192.0.2.7", 51234), ("10.0.0.5", 993))
+    assert parse(v2_inet6()).source == ("2001:db8::7", 40000)  # a real IPv6 address stays as it is
