@@ -172,18 +172,21 @@ class Gateway:
         self.audit.start()
         await self.imap.start()
         await self.smtp.start()
-        self.watchers.start()
-        self.census.start()
         self._access_task = asyncio.get_running_loop().create_task(self.access.run())
         await self.admin.start()
         if self.config.admin.http_port is not None:
             self.http = HttpEndpoint(self.config.admin.http_host, self.config.admin.http_port, self.http_routes)
             await self.http.start()
+        # last: what logs in to the providers on its own starts only once nothing else can fail
+        # (a start that fails after a provider login has spent a try of a maybe-stale password)
+        self.watchers.start()
+        self.census.start()
 
     async def stop(self) -> None:
         """Stop cleanly: the fronts first (nothing new is accepted; commands running finish
         within ``shutdown_grace``), then the channels and watchers, and the audit sink last, so
         every row is written."""
+        self.health.stopping = True  # /readyz answers 503 while the sessions finish
         grace = self.config.shutdown_grace_s
         await asyncio.gather(self.smtp.stop(grace, self._hurry), self.imap.stop(grace, self._hurry))
         if self.http is not None:

@@ -57,6 +57,7 @@ class Health:
         self._directory_check: asyncio.Task | None = None
         self._directory_at = float("-inf")
         self._directory_result = {"ok": False, "reason": "not checked yet"}
+        self.stopping = False  # set when a graceful stop begins: a balancer should send no one here
 
     def routes(self) -> dict:
         return {"/healthz": self.liveness, "/readyz": self.readiness}
@@ -71,6 +72,10 @@ class Health:
                   "mailboxes": {name: self.mailbox_check(name) for name in sorted(self.census.mailboxes)}}
         ready = checks["directory"]["ok"] and checks["audit"]["ok"] and all(
             c["ok"] for c in checks["mailboxes"].values())
+        if self.stopping:
+            checks["stopping"] = {"ok": False, "reason": "the gateway is stopping: running commands finish, "
+                                                         "new connections are refused"}
+            ready = False
         return (200 if ready else 503), _JSON, _dump({"status": "ready" if ready else "not ready", "checks": checks})
 
     # ------------------------------------------------------------------ the checks

@@ -23,11 +23,14 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from gateway.secret import Secret
 from tests.fixtures.gateway import GatewayHarness, ldap_directory, office_policy, upstream_table
+from tests.fixtures.ports import free_port
 from tests.fixtures.serve import PECGW, ROOT, ServeProcess
 
 BYE = b"* BYE [UNAVAILABLE] Gateway shutting down\r\n"
@@ -155,7 +158,8 @@ def store_rows(gw: ServeProcess) -> list[dict]:
 
 
 def test_sigterm_during_a_bulk_fetch_lets_it_finish_and_loses_no_audit_row(serve, big_mailbox):
-    gw = serve(shutdown_grace=60)
+    http_port = free_port()
+    gw = serve(shutdown_grace=60, admin={"http_listen": f"127.0.0.1:{http_port}"})
     client = Client(gw)
     client.sock.sendall(b"f1 FETCH 1:* (BODY.PEEK[])\r\n")
     while len(client.buf) < 256 * 1024:  # the reply is streaming
@@ -164,6 +168,10 @@ def test_sigterm_during_a_bulk_fetch_lets_it_finish_and_loses_no_audit_row(serve
     gw.wait_for_log("stopping: 1 IMAP sessions finish their running commands first")
     time.sleep(0.5)  # the client still reads nothing: the FETCH cannot have finished
     assert gw.alive()
+    # meanwhile a balancer asking /readyz is told to send no one here
+    with pytest.raises(urllib.error.HTTPError) as unready:
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=10)
+    assert unready.value.code == 503 and json.loads(unready.value.read())["checks"]["stopping"]["ok"] is False
 
     data = client.read_to_eof()
     bodies, end = fetched_bodies(data)
