@@ -316,3 +316,45 @@ def test_a_message_being_sent_over_smtp_is_finished_then_421(tmp_path, pki, slap
     rows = [r for r in gw.audit_events() if r["protocol"] == "smtp"]
     assert [r["action"] for r in rows][-2:] == ["send", "send_result"]
     assert rows[-1]["detail"]["reply"].startswith("250 ")
+
+
+def test_a_send_the_provider_has_not_answered_by_the_end_of_the_grace_is_recorded_unknown(
+        tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
+    """Was: the stop gave up on a DATA still at the provider and closed the stores; the relay's
+    result then went nowhere, leaving a `send` row without its `send_result` and a record saying
+    'recorded'.  Now the outcome is written as unknown (what it is) before the stores close."""
+    import smtplib
+    import threading
+
+    from tests.test_smtp_e2e import TRIBUNALE, pec, start_gateway
+
+    gw = start_gateway(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider, shutdown_grace=1)
+    stopper = threading.Thread(target=gw.stop)
+    pec_provider.holding_data.set()
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        c = smtplib.SMTP_SSL("localhost", gw.smtp_ports["implicit"], context=ctx, timeout=20)
+        c.login("alice", gw.credential("alice", "alice-password"))
+        assert c.mail(pec_mailbox.address)[0] == 250 and c.rcpt(TRIBUNALE)[0] == 250
+        assert c.docmd("DATA")[0] == 354
+        c.send(pec(gw, cc=(), subject="Atto in ritardo") + b".\r\n")  # the provider holds its answer
+        deadline = time.monotonic() + 10
+        while not [r for r in gw.audit_events() if r["action"] == "send"]:
+            assert time.monotonic() < deadline, "the send was not recorded"
+            time.sleep(0.05)
+        stopper.start()
+        deadline = time.monotonic() + 15
+        while not [r for r in gw.audit_events() if r["action"] == "send_result"]:
+            assert time.monotonic() < deadline, "no send_result row before the stores closed"
+            time.sleep(0.05)
+    finally:
+        pec_provider.holding_data.clear()  # the relay's thread may end now, and the stop with it
+        stopper.join(30) if stopper.ident else gw.stop()
+    (result,) = [r for r in gw.audit_events() if r["action"] == "send_result"]
+    assert result["reason"] == "outcome_unknown"
+    assert result["detail"]["reply"] == "the gateway stopped before the provider answered"
+    sends = subprocess.run([*PECGW, "sends", "--format", "jsonl", "--config", str(gw.config_path)],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert sends.returncode == 0, sends.stderr
+    (record,) = [json.loads(line) for line in sends.stdout.splitlines()]
+    assert record["state"] in ("unknown", "accepted")  # the accettazione may have settled it since

@@ -103,6 +103,8 @@ class SubmissionHandler:
     def __init__(self, services) -> None:
         self.services = services
         self._ending: set[asyncio.Task] = set()  # sessions being ended (kept referenced until done)
+        # sends whose DATA is at the provider, by send id: (session, sender, message ref, settled?)
+        self._at_provider: dict[str, list] = {}
 
     # ------------------------------------------------------------------ audit
     def _audit(self, session, action: str, decision: str, *, sender: Sender | None = None, reason: str | None = None,
@@ -264,9 +266,12 @@ class SubmissionHandler:
     async def _relay(self, session, sender: Sender, send_id: str, message: bytes, ref: MessageRef) -> str:
         """DATA to the provider; the record and the audit say what came of it."""
         assert sender.provider is not None
+        entry = self._at_provider[send_id] = [session, sender, ref, False]
         try:
             code, text = await sender.provider.data(message)
         except ProviderError as exc:
+            if entry[3]:  # recorded as unknown by a stop that could not wait: that record stands
+                return f"{exc.reply[0]} {exc.reply[1]}"
             reply = f"{exc.reply[0]} {exc.reply[1]}"
             await asyncio.to_thread(self.services.sends.set_state, send_id, "unknown", reply=reply)
             self._audit(session, Action.SEND_RESULT, Decision.ERROR, sender=sender, message=ref,
@@ -274,7 +279,13 @@ class SubmissionHandler:
             log.error("session %s: %s", sender.session_id, exc.log)
             SMTP_SENDS.labels(sender.mailbox.name, "unknown").inc()
             return reply
+        finally:
+            self._at_provider.pop(send_id, None)
         reply = f"{code} {text}"
+        if entry[3]:  # the stores were closed meanwhile; the receipts will tell (README, sends)
+            log.warning("session %s: send %s answered %d by the provider after the gateway recorded its outcome "
+                        "as unknown (it stopped)", sender.session_id, send_id, code)
+            return reply
         SMTP_SENDS.labels(sender.mailbox.name, "relayed" if code == 250 else "refused").inc()
         TALLY.add("pecgw_relayed_bytes_total", ("smtp", "from_client"), len(message))
         try:  # the provider has answered: that answer is the client's, whatever the record does
@@ -286,6 +297,32 @@ class SubmissionHandler:
         self._audit(session, Action.SEND_RESULT, Decision.ALLOW if code == 250 else Decision.DENY, sender=sender,
                     message=ref, detail={"reply": reply, "send_id": send_id})
         return reply
+
+    def sends_at_provider(self) -> int:
+        """How many sends wait for the provider's answer to their DATA and are not settled yet."""
+        return sum(1 for entry in self._at_provider.values() if not entry[3])
+
+    def settle_unfinished(self) -> int:
+        """The gateway stops and cannot wait any longer for sends at the provider: record each as
+        ``unknown`` now, with its ``send_result`` row, while the stores are still open (the
+        provider may yet accept it; its accettazione settles it).  Blocking (one small write each).
+        Returns how many."""
+        settled = 0
+        for send_id, entry in list(self._at_provider.items()):
+            session, sender, ref, done = entry
+            if done:
+                continue
+            entry[3] = True
+            reply = "the gateway stopped before the provider answered"
+            try:
+                self.services.sends.set_state(send_id, "unknown", reply=reply)
+            except Exception as exc:  # noqa: BLE001 - still write the audit row
+                log.error("send %s: could not record its unknown outcome: %s", send_id, type(exc).__name__)
+            self._audit(session, Action.SEND_RESULT, Decision.ERROR, sender=sender, message=ref,
+                        reason="outcome_unknown", detail={"reply": reply, "send_id": send_id})
+            SMTP_SENDS.labels(sender.mailbox.name, "unknown").inc()
+            settled += 1
+        return settled
 
     async def handle_exception(self, error: Exception) -> str:
         """A hook failed (a store, the vault): a temporary error for the client, never the

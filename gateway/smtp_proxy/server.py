@@ -223,7 +223,15 @@ class SmtpFront:
         if self._endings:
             left = await wait_within(list(self._endings), max(deadline - loop.time(), _CLOSE_GRACE_S), hurry)
             if left:
-                log.warning("stopping: %d sends to the provider had not finished", len(left))
+                log.warning("stopping: %d SMTP connections had not finished", len(left))
+        # a DATA at the provider may outlive its connection: within the grace its answer is awaited,
+        # after it the outcome is recorded as unknown while the stores are still open
+        while self.handler.sends_at_provider() and loop.time() < deadline and not (hurry and hurry.is_set()):
+            await asyncio.sleep(0.05)
+        settled = self.handler.settle_unfinished()
+        if settled:
+            log.warning("stopping: %d sends to the provider had no answer yet; recorded as outcome unknown "
+                        "(their receipts will settle them)", settled)
         for _, server in self._servers:
             await server.wait_closed()
         self._servers.clear()
