@@ -113,6 +113,11 @@ class Connection:
                 if data is None:
                     continue
                 await self._perform(self.session.client_data(data))
+                if not data and not self._closed and not self.session.draining:
+                    # EOF, and the session has nothing more to do with the client: it may already
+                    # have ended, its Close still waiting in a task.  StreamReader.read returns b""
+                    # at EOF without yielding, so looping would never let that task run.
+                    await self._close()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.info("session %s: client connection ended: %s", self.session.session_id, type(exc).__name__)
             await self._perform(self.session.client_closed())

@@ -366,3 +366,17 @@ async def test_client_gone_while_reading_is_paused_is_noticed():
         provider_sends(link, b"")  # let the test end: the provider finally closes
         await asyncio.wait_for(run, 5)
     assert finished
+
+
+@pytest.mark.timeout(20)
+async def test_a_session_ended_with_its_close_still_pending_does_not_spin_on_the_clients_eof():
+    """Was: a session already in LOGOUT whose Close still waited in a task (spawned from provider
+    data) answered the client's EOF with no action; StreamReader.read returns b"" at EOF without
+    yielding, so the run loop spun for ever without letting that task (or anything else on the
+    event loop) run, allocating a timer per turn: the whole gateway froze and its memory grew
+    by tens of MB a second."""
+    conn, reader, writer = make_conn()
+    conn.session.state = SessionState.LOGOUT  # ended; its Close not run yet
+    reader.feed_eof()
+    await asyncio.wait_for(conn.run(), 5)
+    assert writer.closed
