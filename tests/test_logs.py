@@ -17,7 +17,7 @@ import signal
 import pytest
 
 from gateway.logs import JsonFormatter, setup_logging
-from tests.fixtures.gateway import GatewayHarness, office_policy
+from tests.fixtures.gateway import GatewayHarness, offline_tables
 from tests.fixtures.serve import ServeProcess
 
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -37,12 +37,7 @@ def parse_line(line: str) -> dict:
 @pytest.fixture
 def json_serve(tmp_path, pki):
     h = GatewayHarness(tmp_path / "gw", pki)
-    users = tmp_path / "users.toml"
-    users.write_text("")
-    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           policy=office_policy({"legale": {"members": ["alice"]}}, {"protocollo": ["legale"]}),
-                           mailboxes={"protocollo": {"address": "protocollo@pec.example.it",
-                                                     "imap": {"host": "localhost", "username": "protocollo"}}})
+    tables = offline_tables(h, tmp_path)
     tables["log_format"] = "json"
     gw = ServeProcess(h, tables)
     yield gw

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import AdminConfig, GatewayConfig
-from tests.fixtures.gateway import GatewayHarness, office_policy
+from tests.fixtures.gateway import GatewayHarness, offline_tables
 from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,12 +141,7 @@ def test_the_healthcheck_asks_the_default_healthz_and_works(tmp_path, pki):
 
     # the same command against a real gateway's endpoint (on a free port instead of the default)
     h = GatewayHarness(tmp_path / "gw", pki)
-    users = tmp_path / "users.toml"
-    users.write_text("")
-    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           policy=office_policy({"legale": {"members": ["alice"]}}, {"protocollo": ["legale"]}),
-                           mailboxes={"protocollo": {"address": "protocollo@pec.example.it",
-                                                     "imap": {"host": "localhost", "username": "protocollo"}}})
+    tables = offline_tables(h, tmp_path)
     h.start(tables)
     try:
         assert h.http_port

@@ -10,17 +10,12 @@ import select
 import socket
 import time
 
-from tests.fixtures.gateway import GatewayHarness, office_policy
+from tests.fixtures.gateway import GatewayHarness, offline_tables
 
 
 def start(tmp_path, pki) -> GatewayHarness:
     h = GatewayHarness(tmp_path / "gw", pki)
-    users = tmp_path / "users.toml"
-    users.write_text("")
-    tables = h.base_tables(directory={"backend": "static", "users_file": str(users)},
-                           policy=office_policy({"legale": {"members": ["alice"]}}, {"protocollo": ["legale"]}),
-                           mailboxes={"protocollo": {"address": "protocollo@pec.example.it",
-                                                     "imap": {"host": "localhost", "username": "protocollo"}}})
+    tables = offline_tables(h, tmp_path)
     tables["smtp"] = {"listen_tls": [], "listen_starttls": ["127.0.0.1:0"], "preauth_timeout": 1.5}
     return h.start(tables)
 
