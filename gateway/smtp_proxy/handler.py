@@ -54,7 +54,6 @@ __all__ = ["SubmissionHandler", "Sender"]
 
 log = logging.getLogger("pecgw.smtp")
 
-_CLOSE_GRACE_S = 1.0  # how long a client ended by the gateway gets to acknowledge TLS close_notify
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
 AUDIT_DOWN = "451 4.3.0 The audit trail cannot be written now; nothing was sent, try again later"
@@ -380,12 +379,7 @@ class SubmissionHandler:
             # 421 (RFC 5321 §3.8): the service closes the channel.  A DATA being relayed runs
             # to its end (handle_DATA shields it), so its record and audit rows stay whole.
             self.services.live.discard(sender.session_id)
-            transport = server.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(f"421 4.7.0 {text}\r\n".encode("utf-8", "replace"))
-                transport.close()
-                # TLS waits for the client's close_notify, which a client may never send
-                server.loop.call_later(_CLOSE_GRACE_S, transport.abort)
+            server.say_goodbye(f"421 4.7.0 {text}\r\n".encode("utf-8", "replace"))
 
         self.services.live.add(LiveSession(
             session_id=sender.session_id, protocol="smtp", person=sender.person or "",
