@@ -35,6 +35,8 @@ from http import HTTPStatus
 
 import h11
 
+from gateway.admin.linger import LINGER_S, finish_answer
+
 __all__ = ["HttpEndpoint", "Route", "MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "READ_TIMEOUT_S", "ROUTE_TIMEOUT_S",
            "WRITE_TIMEOUT_S"]
 
@@ -48,7 +50,6 @@ READ_TIMEOUT_S = 5.0  # from accepting the connection to the end of the request
 WRITE_TIMEOUT_S = 10.0  # for the client to take the answer
 ROUTE_TIMEOUT_S = 30.0  # for a route to produce its answer (/readyz asks other servers)
 _READ_SIZE = 4096
-_LINGER_S = 1.0  # after the answer: how long what the client still sends is read and dropped
 SERVER_HEADER = b"pecgw"
 
 
@@ -200,16 +201,14 @@ async def _read_request(conn: h11.Connection, reader) -> h11.Request | None:
 
 
 async def _close(reader, writer) -> None:
-    """Close after the answer without losing it: half-close (the answer is flushed first), read
-    and drop whatever the client still sends (closing with unread input would send a reset,
-    which can make the client discard the answer) until it closes or :data:`_LINGER_S` passes."""
+    """Close after the answer without losing it (:func:`~gateway.admin.linger.finish_answer`),
+    all within :data:`~gateway.admin.linger.LINGER_S`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + LINGER_S
+    await finish_answer(reader, writer, LINGER_S)
     try:
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(_LINGER_S):
-            while await reader.read(65536):
-                pass
-            writer.close()
+        writer.close()
+        async with asyncio.timeout_at(max(end, loop.time())):
             await writer.wait_closed()
     except (ConnectionError, TimeoutError, OSError, RuntimeError):
         pass

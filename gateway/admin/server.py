@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.admin.linger import finish_answer
 from gateway.admin.protocol import MAX_LINE, ProtocolError, decode, encode
 from gateway.secret import Secret
 
@@ -53,7 +54,6 @@ MAX_CONNECTIONS = 16  # per listener; the CLI uses one connection per command
 FIRST_REQUEST_S = 10.0  # the CLI sends its request as soon as it is connected
 IDLE_S = 60.0  # between two requests on one connection
 STOP_GRACE_S = 5.0  # how long stop() lets requests being handled finish
-_DRAIN_S = 1.0  # input still read (and dropped) after a last answer, see _last_answer
 
 
 class AdminError(Exception):
@@ -195,14 +195,14 @@ class AdminServer:
                     line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError:  # no newline within MAX_LINE octets
                 writer.write(encode({"ok": False, "error": "request too long"}))
-                await _last_answer(reader, writer)
+                await finish_answer(reader, writer)
                 return
             wait_s = self.idle_s
             self._busy.add(task)
             answer, keep_open = await self._answer(line, seen, unix)
             writer.write(encode(answer))
             if not keep_open:
-                await _last_answer(reader, writer)
+                await finish_answer(reader, writer)
                 return
             await writer.drain()
             self._busy.discard(task)
@@ -244,21 +244,6 @@ class AdminServer:
         if self.token is None or not isinstance(given, str):
             return False
         return hmac.compare_digest(given.encode("utf-8"), self.token.reveal_bytes())
-
-
-async def _last_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send the answer already written, then the end of the stream, before the connection closes.
-
-    What the client still sends is read and dropped for up to a second first: closing a socket
-    with unread input makes the kernel reset the connection, and the client could lose the
-    answer it has not read yet."""
-    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-        await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(_DRAIN_S):
-            while await reader.read(MAX_LINE):
-                pass
 
 
 async def _answers(path: Path) -> bool:
