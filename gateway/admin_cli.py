@@ -13,44 +13,15 @@ such characters as ``\\uXXXX`` escapes (the JSON still decodes to exactly what t
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import sys
 
 from gateway.admin.client import AdminUnavailable, call, local_operator
 from gateway.admin.verbs import MAX_REASON
 from gateway.cli_error import CliError
 from gateway.config import load_config
+from gateway.terminal_text import json_line, shown, table, when
 
 __all__ = ["add_parsers", "append_admin_row"]
-
-
-def _when(epoch: float) -> str:
-    return _dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _shown(value: object) -> str:
-    """``value`` as text that cannot drive the terminal: each non-printable character is ``?``."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))
-
-
-def _json_line(value: object) -> str:
-    """``value`` as one JSON line with every non-printable character as a ``\\u`` escape
-    (:func:`json.dumps` leaves DEL, C1 controls and bidi overrides raw)."""
-    return "".join(ch if ch.isprintable() else _u_escape(ord(ch)) for ch in json.dumps(value, ensure_ascii=False))
-
-
-def _u_escape(code: int) -> str:
-    if code > 0xFFFF:  # outside the BMP: a surrogate pair, as JSON spells it
-        code -= 0x10000
-        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-    return f"\\u{code:04x}"
-
-
-def _table(rows: list[list[object]], header: list[str]) -> str:
-    cells = [[_shown(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def cmd_sessions(args) -> int:
@@ -63,14 +34,14 @@ def cmd_sessions(args) -> int:
         sessions = [s for s in sessions if s["person"].casefold() == args.person.casefold()]
     if args.json:
         for s in sessions:
-            print(_json_line(s))
+            print(json_line(s))
         return 0
     if not sessions:
         print("no live sessions")
         return 0
     rows = [[s["session"], s["protocol"], s["person"], s["mailbox"], s.get("folder") or "-", s["client_ip"],
-             s.get("client") or "-", _when(s["since"])] for s in sessions]
-    print(_table(rows, ["SESSION", "PROTO", "PERSON", "MAILBOX", "FOLDER", "FROM", "CLIENT", "SINCE"]))
+             s.get("client") or "-", when(s["since"])] for s in sessions]
+    print(table(rows, ["SESSION", "PROTO", "PERSON", "MAILBOX", "FOLDER", "FROM", "CLIENT", "SINCE"]))
     return 0
 
 
@@ -152,7 +123,7 @@ def cmd_revoke(args) -> int:
         if not rows:
             print("nobody is revoked")
         else:
-            print(_table([[r["person"], r["revoked_at"], r["revoked_by"], r.get("reason") or ""] for r in rows],
+            print(table([[r["person"], r["revoked_at"], r["revoked_by"], r.get("reason") or ""] for r in rows],
                          ["PERSON", "REVOKED AT", "BY", "REASON"]))
         return 0
     if not args.person:
@@ -191,7 +162,7 @@ def cmd_kick(args) -> int:
         raise CliError(str(exc)) from None
     if not result["found"]:
         raise CliError(f"no live session {args.session} (see 'pecgw sessions')")
-    print(f"ended session {args.session} of {_shown(result['person'])}")
+    print(f"ended session {args.session} of {shown(result['person'])}")
     return 0
 
 

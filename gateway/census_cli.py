@@ -19,15 +19,14 @@ shown like ``pecgw sessions`` shows them (nothing reaches the terminal raw).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import sys
 
 from gateway.admin.client import AdminUnavailable, call
-from gateway.admin_cli import _json_line, _table
 from gateway.config import GatewayConfig, load_config
 from gateway.mailbox_census import census_row, size_text
 from gateway.mailbox_probe import PASSWORD_REFUSED
+from gateway.terminal_text import json_line, shown, table, when
 
 __all__ = ["add_parser", "cmd_mailboxes", "census_here"]
 
@@ -88,9 +87,9 @@ def cmd_mailboxes(args) -> int:
                            f"{', '.join(sorted(config.mailboxes))})")
     if args.json:
         for row in rows:
-            print(_json_line({**row, "source": source}))
+            print(json_line({**row, "source": source}))
     else:
-        print(_table([_cells(r) for r in rows], _HEADER))
+        print(table([_cells(r) for r in rows], _HEADER))
         for row in rows:
             for line in _notes(row, config):
                 print(line, file=sys.stderr)
@@ -111,25 +110,19 @@ def _cells(row: dict) -> list[str]:
     if row["unseen"] is not None and row["messages"] is not None:
         inbox += f" ({row['unseen']} unseen)"
     return [row["mailbox"], row["address"], row["provider"], offices, row["upstream"].replace("_", " "),
-            _when(row["last_login"]), quota, inbox, "-" if row["unhandled"] is None else str(row["unhandled"])]
+            when(row["last_login"]), quota, inbox, "-" if row["unhandled"] is None else str(row["unhandled"])]
 
 
 def _notes(row: dict, config: GatewayConfig) -> list[str]:
-    name = "".join(ch if ch.isprintable() else "?" for ch in row["mailbox"])
+    name = shown(row["mailbox"])
     out = []
     if row["reason"]:
-        reason = "".join(ch if ch.isprintable() else "?" for ch in row["reason"])
+        reason = shown(row["reason"])
         out.append(f"{'note' if row['upstream'] == 'ok' else 'error'}: {name}: {reason}")
     if row["quota_warn"]:
         out.append(f"warning: {name}: {row['quota_ratio'] * 100:.0f}% of the quota used (census.quota_warn = "
                    f"{config.census.quota_warn:g}): when it is full, incoming PEC bounces back to the sender")
     return out
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def add_parser(sub, with_config) -> None:
