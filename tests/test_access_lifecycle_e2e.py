@@ -73,15 +73,6 @@ def until_closed(sock: ssl.SSLSocket, timeout: float) -> tuple[bytes, float]:
     return data, time.monotonic()
 
 
-def rows(gw, action: str, wait_for: int = 1) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found = [r for r in gw.audit_events() if r["action"] == action]
-        if len(found) >= wait_for or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_revoke_ends_idle_and_smtp_sessions_within_a_second_and_refuses_the_saved_credential(gw):
     alice_saved = gw.credential("alice", "alice-password")
     alice = Idler(gw, "alice")
@@ -120,16 +111,16 @@ def test_revoke_ends_idle_and_smtp_sessions_within_a_second_and_refuses_the_save
     assert [s["person"] for s in left] == ["bruno"], left
 
     # the trail says who revoked whom, and which sessions ended why
-    (revoked,) = rows(gw, "revoked")
+    (revoked,) = gw.rows_of("revoked")
     assert revoked["person"] == "alice" and revoked["protocol"] == "admin"
     assert revoked["detail"]["by"].split()[0] == pwd.getpwuid(os.getuid()).pw_name  # from the kernel
     assert revoked["detail"]["sessions_ended"] == 2 and revoked["reason"] == "left the company"
-    ended = rows(gw, "session_ended", wait_for=2)
+    ended = gw.rows_of("session_ended", at_least=2)
     assert sorted((r["protocol"], r["person"], r["reason"]) for r in ended) == [
         ("imap", "alice", "revoked"), ("smtp", "alice", "revoked")]
-    logouts = [r for r in rows(gw, "logout") if r["person"] == "alice"]
+    logouts = [r for r in gw.rows_of("logout") if r["person"] == "alice"]
     assert [r["reason"] for r in logouts] == ["revoked"]
-    refused = [r for r in rows(gw, "login_failed", wait_for=2) if r["person"] == "alice"]
+    refused = [r for r in gw.rows_of("login_failed", at_least=2) if r["person"] == "alice"]
     assert [r["reason"] for r in refused] == ["revoked", "revoked"]
 
 
@@ -142,14 +133,14 @@ def test_revoke_from_the_cli_is_audited_with_the_operator_and_lifted(gw):
     assert alice.ended(timeout=1)[0].startswith(b"* BYE ")
     listed = pecgw("revoke", "--list", "--config", str(gw.config_path))
     assert listed.stdout.splitlines()[1].split()[0] == "alice" and "stolen laptop" in listed.stdout
-    (row,) = rows(gw, "revoked")
+    (row,) = gw.rows_of("revoked")
     assert row["detail"]["by"].endswith("(as it-mario)")  # the kernel's user, and who sudo says ran it
 
     lifted = pecgw("revoke", "--lift", "ALICE", "--config", str(gw.config_path))  # the directory's spelling wins
     assert lifted.returncode == 0 and lifted.stdout.startswith("lifted the revocation of alice")
     ghost = pecgw("revoke", "alice.rossi", "--config", str(gw.config_path))  # a misspelt name is said to be one
     assert ghost.returncode == 0 and "the directory does not know 'alice.rossi'" in ghost.stderr
-    assert rows(gw, "revocation_lifted")[0]["person"] == "alice"
+    assert gw.rows_of("revocation_lifted")[0]["person"] == "alice"
     # the old credential's trust window went with the revocation, and its code is spent: the next
     # time step's code (accepted one step early) is the fresh one
     back = gw.imap()
@@ -197,7 +188,7 @@ def test_kick_ends_one_session_and_the_person_may_come_back(gw):
     assert remaining == [s["session"] for s in sessions[1:]]
     missing = pecgw("kick", "nosuchsession", "--config", str(gw.config_path))
     assert missing.returncode == 2 and "no live session nosuchsession" in missing.stderr
-    ended = rows(gw, "session_ended")
+    ended = gw.rows_of("session_ended")
     assert ended[0]["reason"] == "kicked" and ended[0]["session_id"] == target
     again = gw.imap()
     again.login("carla", gw.credential("carla", "carla-password"))  # not revoked: the saved credential works
@@ -241,7 +232,7 @@ def test_directory_disable_and_group_removal_close_live_sessions(revalidating):
     assert max(elena_at, fabio_at, gino_at) - started < 2.5  # one interval (1 s) plus the directory's answers
     assert bruno.still_open()
     time.sleep(1.5)  # another re-validation: the sessions being closed are not ended (nor audited) twice
-    ended = sorted((r["person"], r["protocol"], r["reason"], r["detail"]["by"]) for r in rows(gw, "session_ended"))
+    ended = sorted((r["person"], r["protocol"], r["reason"], r["detail"]["by"]) for r in gw.rows_of("session_ended"))
     assert ended == [("elena", "imap", "directory_disabled", "directory"),
                      ("fabio", "imap", "access_withdrawn", "directory"),
                      ("gino", "imap", "access_changed", "directory"), ("gino", "smtp", "access_changed", "directory")]
@@ -303,8 +294,8 @@ def test_otp_reset_on_a_running_gateway_ends_the_saved_credential(gw):
         again.login("carla", saved)
     enrolled = pecgw("otp", "enroll", "carla", "--config", str(gw.config_path))
     assert enrolled.returncode == 0, enrolled.stderr
-    (reset_row,) = rows(gw, "otp_reset")
-    (enrol_row,) = rows(gw, "otp_enrolled")
+    (reset_row,) = gw.rows_of("otp_reset")
+    (enrol_row,) = gw.rows_of("otp_enrolled")
     assert reset_row["detail"]["trust_windows_dropped"] == 1 and reset_row["detail"]["by"].endswith("(as it-mario)")
     assert enrol_row["person"] == "carla"
 

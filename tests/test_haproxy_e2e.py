@@ -26,16 +26,6 @@ CLIENT = "127.0.0.2"  # the people's machines
 HAPROXY_SOURCE = "127.0.0.3"  # HAProxy's side toward the gateways
 
 
-def rows(gw, action: str, protocol: str, person: str, wait: float = 5) -> list[dict]:
-    deadline = time.monotonic() + wait
-    while True:
-        found = [r for r in gw.audit_events() if r["action"] == action and r["protocol"] == protocol
-                 and r.get("person") == person]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_two_instances_behind_haproxy_audit_the_client_and_share_revocations(
         tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
     backend = Backend("postgres", tmp_path)
@@ -67,7 +57,7 @@ def check_two_instances(a, b, haproxy: HAProxy, backend: Backend) -> None:
     # a login through HAProxy to B: audited, and listed, with the client's address
     alice = ProxiedIMAP4_SSL(haproxy.port("imap_b"), ctx, source=CLIENT)
     alice.login("alice", b.credential("alice", "alice-password"))
-    (login,) = rows(b, "login", "imap", "alice")
+    (login,) = b.rows_of("login", protocol="imap", person="alice")
     assert login["client_ip"] == CLIENT
     (listed,) = call(load_config(b.config_path), "sessions")
     assert (listed["person"], listed["client_ip"]) == ("alice", CLIENT)
@@ -83,7 +73,7 @@ def check_two_instances(a, b, haproxy: HAProxy, backend: Backend) -> None:
         bye, closed = ending.result()
     assert bye == b"* BYE Your access to this PEC mailbox has been revoked\r\n"
     assert closed - started < 2.0
-    (ended,) = rows(b, "session_ended", "imap", "alice")
+    (ended,) = b.rows_of("session_ended", protocol="imap", person="alice")
     assert ended["client_ip"] == CLIENT
 
     # a failed login through HAProxy to A counts against the client's address, in the shared counters
@@ -94,7 +84,7 @@ def check_two_instances(a, b, haproxy: HAProxy, backend: Backend) -> None:
     except bruno.error as exc:
         assert "AUTHENTICATIONFAILED" in str(exc)
     bruno.logout()
-    (failed,) = rows(a, "login_failed", "imap", "bruno")
+    (failed,) = a.rows_of("login_failed", protocol="imap", person="bruno")
     assert failed["client_ip"] == CLIENT
     with psycopg.connect(backend.conninfo) as db:
         counters = db.execute(f'SELECT scope, ip, failures FROM "{backend.schema}".pecgw_login_attempts '
@@ -104,7 +94,7 @@ def check_two_instances(a, b, haproxy: HAProxy, backend: Backend) -> None:
     # SMTP through HAProxy to A: the login is audited with the client's address
     with ProxiedSMTP_SSL(haproxy.port("smtp_a"), ctx, source=CLIENT) as smtp:
         smtp.login("carla", a.credential("carla", "carla-password"))
-    (sent_login,) = rows(a, "login", "smtp", "carla")
+    (sent_login,) = a.rows_of("login", protocol="smtp", person="carla")
     assert sent_login["client_ip"] == CLIENT
 
     # the one audit trail both share: no row names HAProxy's or the gateway's own address
@@ -135,8 +125,8 @@ def test_haproxy_send_proxy_v1_and_health_checks_with_local(tmp_path, pki, slapd
             with ProxiedSMTP(haproxy.port("smtp"), source=CLIENT) as smtp:
                 smtp.starttls(context=ctx)
                 smtp.login("bruno", gw.credential("bruno", "bruno-password"))
-            assert [r["client_ip"] for r in rows(gw, "login", "imap", "alice")] == [CLIENT]
-            assert [r["client_ip"] for r in rows(gw, "login", "smtp", "bruno")] == [CLIENT]
+            assert [r["client_ip"] for r in gw.rows_of("login", protocol="imap", person="alice")] == [CLIENT]
+            assert [r["client_ip"] for r in gw.rows_of("login", protocol="smtp", person="bruno")] == [CLIENT]
 
             for name in ("imap_checked", "smtp_checked"):
                 assert haproxy.wait_check(name, "L7OK") == "L7OK", haproxy.log

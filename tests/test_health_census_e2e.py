@@ -40,6 +40,7 @@ from tests.fixtures.dovecot import DovecotServer
 from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
 from tests.fixtures.pki import client_ssl_context
 from tests.fixtures.ports import free_port
+from tests.fixtures.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = {
@@ -53,17 +54,6 @@ POLICY = {
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-def until(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-
 
 def get(h: GatewayHarness, path: str) -> tuple[int, dict]:
     """GET ``path`` on the gateway's HTTP endpoint: (status, JSON body)."""

@@ -105,16 +105,6 @@ def closed_without_a_word(sock: socket.socket, timeout: float = 5) -> bool:
         sock.close()
 
 
-def login_rows(gw, protocol: str, person: str, action: str = "login", wait: float = 5) -> list[dict]:
-    deadline = time.monotonic() + wait
-    while True:
-        found = [r for r in gw.audit_events() if r["action"] == action and r["protocol"] == protocol
-                 and r.get("person") == person]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 # -- the gateway ----------------------------------------------------------------------------
 def proxied_tables(pki, trusted: list[str], timeout: float = 1) -> dict:
     """``[imap]`` and ``[smtp]`` of a gateway behind a load balancer at ``trusted``."""
@@ -144,7 +134,7 @@ def live_sessions(gw) -> list[dict]:
 def test_imap_behind_a_proxy_audits_and_lists_the_client_address(gw):
     client = ProxiedIMAP4_SSL(gw.ports["implicit"], gw.ctx, header=v2_header(("192.0.2.7", 51234)))
     client.login("alice", gw.credential("alice", "alice-password"))
-    (row,) = login_rows(gw, "imap", "alice")
+    (row,) = gw.rows_of("login", protocol="imap", person="alice")
     assert row["client_ip"] == "192.0.2.7"
     assert [s["client_ip"] for s in live_sessions(gw) if s["person"] == "alice"] == ["192.0.2.7"]
     client.logout()
@@ -154,7 +144,7 @@ def test_imap_behind_a_proxy_audits_and_lists_the_client_address(gw):
     client.starttls(ssl_context=gw.ctx)
     client.login("bruno", gw.credential("bruno", "bruno-password"))
     client.logout()
-    assert [r["client_ip"] for r in login_rows(gw, "imap", "bruno")] == ["198.51.100.9"]
+    assert [r["client_ip"] for r in gw.rows_of("login", protocol="imap", person="bruno")] == ["198.51.100.9"]
 
 
 def test_an_ipv6_client_and_a_failed_login_are_counted_for_the_client(gw):
@@ -162,7 +152,7 @@ def test_an_ipv6_client_and_a_failed_login_are_counted_for_the_client(gw):
     with pytest.raises(client.error, match="AUTHENTICATIONFAILED"):
         client.login("carla", "wrong-password000000")
     client.logout()
-    (row,) = login_rows(gw, "imap", "carla", "login_failed")
+    (row,) = gw.rows_of("login_failed", protocol="imap", person="carla")
     assert row["client_ip"] == "2001:db8::7"
 
 
@@ -171,7 +161,7 @@ def test_the_local_command_keeps_the_proxy_address(gw):
     client = ProxiedIMAP4_SSL(gw.ports["implicit"], gw.ctx, header=v2_header(None))
     client.login("carla", gw.credential("carla", "carla-password"))
     client.logout()
-    assert [r["client_ip"] for r in login_rows(gw, "imap", "carla")] == [PROXY_ADDRESS]
+    assert [r["client_ip"] for r in gw.rows_of("login", protocol="imap", person="carla")] == [PROXY_ADDRESS]
 
 
 def test_smtp_behind_a_proxy_audits_the_client_address(gw):
@@ -180,8 +170,8 @@ def test_smtp_behind_a_proxy_audits_the_client_address(gw):
     with ProxiedSMTP(gw.smtp_ports["starttls"], header=v1_header(("203.0.113.6", 50001))) as c:
         c.starttls(context=gw.ctx)
         c.login("bruno", gw.credential("bruno", "bruno-password"))
-    assert [r["client_ip"] for r in login_rows(gw, "smtp", "alice")] == ["203.0.113.5"]
-    assert [r["client_ip"] for r in login_rows(gw, "smtp", "bruno")] == ["203.0.113.6"]
+    assert [r["client_ip"] for r in gw.rows_of("login", protocol="smtp", person="alice")] == ["203.0.113.5"]
+    assert [r["client_ip"] for r in gw.rows_of("login", protocol="smtp", person="bruno")] == ["203.0.113.6"]
 
 
 def test_client_bytes_right_behind_the_header_reach_tls(gw):

@@ -27,6 +27,7 @@ import pytest
 from gateway.demo.pec_samples import ROME, Invio, daticert_xml, ricevuta_avvenuta_consegna
 from gateway.secret import Secret
 from tests.fixtures.gateway import GatewayHarness, ldap_directory, upstream_table
+from tests.fixtures.waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIBUNALE = "cancelleria@pec.tribunale.example.it"  # certificato: delivered
@@ -56,17 +57,6 @@ def gw(tmp_path, pki, slapd, dovecot, pec_mailbox, pec_provider):
     h.mailbox, h.provider, h.dovecot = pec_mailbox, pec_provider, dovecot
     yield h
     h.stop()
-
-
-def until(what, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def watching(gw) -> tuple[int, int]:
